@@ -1,0 +1,55 @@
+"""Robust normalisation (Rueckauer et al., Frontiers in Neuroscience 2017).
+
+Threshold = the p-th percentile of a site's activations over the calibration data
+(default 99.9), layer-wise or per channel. Percentiles use linear interpolation over a
+uniform random sample of at most ``max_samples`` activations per site (per channel when
+channel-wise); with fewer activations than that the percentile is exact. By default the
+percentile is taken over *all* post-ReLU values, zeros included, as SpikingJelly does;
+``nonzero: true`` takes it over positive values only (METHODS.md 12.4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from snnbridge import Option, PluginInfo, hookimpl
+
+from ._stats import percentile, positive_thresholds
+
+NAME = "robustnorm"
+
+
+@hookimpl
+def snnbridge_plugin_info():
+    return PluginInfo(summary="threshold = p-th percentile of activations (Rueckauer et al. 2017)",
+                      reference="Rueckauer et al., Conversion of continuous-valued deep networks to efficient "
+                                "event-driven networks for image classification, Front. Neurosci. 2017",
+                      provides=("threshold",), needs_data=True)
+
+
+@hookimpl
+def snnbridge_add_options():
+    return [
+        Option("percentile", float, 99.9, "percentile of the activations used as threshold",
+               check=lambda p: 0 < p <= 100, check_help="0 < percentile <= 100"),
+        Option("channelwise", bool, False, "one threshold per channel (per feature for Linear)"),
+        Option("nonzero", bool, False, "take the percentile over positive activations only"),
+        Option("max_samples", int, 1 << 20, "activations sampled per site (per channel if channel-wise)",
+               check=lambda n: n >= 100, check_help="max_samples >= 100"),
+    ]
+
+
+@hookimpl
+def snnbridge_estimate_threshold(ctx, options):
+    samples = ctx.collect("samples", channelwise=options["channelwise"], max_samples=options["max_samples"])
+    out = {}
+    for name, values in samples.items():
+        rows = values if options["channelwise"] else values.reshape(1, -1)
+        ths = []
+        for row in rows:
+            if options["nonzero"]:
+                row = row[row > 0]
+            ths.append(percentile(row, options["percentile"]) if row.numel() else torch.tensor(0.0))
+        th = torch.stack(ths)
+        out[name] = positive_thresholds(th if options["channelwise"] else th[0], name, ctx, NAME)
+    return out

@@ -1,0 +1,127 @@
+"""``snnbridge.convert``: the conversion pipeline, stage by stage, in recipe order.
+
+    recipe validation (before any work)  ->  trace a copy, fold BN, find sites
+    -> thresholds (the recipe's threshold provider)  ->  NeuronSpec per site
+    -> configure_neuron (every recipe plugin, in order)  ->  neurons (the backend adapter)
+    -> correct_error (every recipe plugin, in order)  ->  SpikingModel
+
+The core owns the order and the data between stages; plugins own what happens inside.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .context import ConversionContext
+from .errors import InputError, MissingRequirementError, SnnbridgeError
+from .graph import prepare_graph
+from .recipe import Recipe, build_recipe
+from .runtime import SpikingModel, make_neuron_factory
+from .spec import NeuronSpec
+
+
+def _check_timesteps(timesteps: Any) -> int:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise InputError(f"timesteps must be a positive whole number (e.g. 32), got {timesteps!r}.")
+    return timesteps
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = None, backend: str = "torch",
+            timesteps: int = 32, backend_options: dict | None = None, calibration_batches: int | None = None,
+            example_input: torch.Tensor | None = None, progress: bool = True, seed: int = 0) -> SpikingModel:
+    """Convert a trained ANN into an SNN of real neurons.
+
+    Args:
+        model: any ``torch.nn.Module`` (never modified; conversion works on a copy).
+        recipe: ordered method plugins, e.g. ``["maxnorm"]`` or
+            ``[{"robustnorm": {"percentile": 99.99, "channelwise": True}}]`` (or plugin objects).
+        calibration: a DataLoader or iterable of tensors / ``(input, target)`` tuples, for
+            plugins that need data.
+        backend: ``"torch"`` (reference), ``"spikingjelly"`` or ``"snntorch"`` (or any installed adapter).
+        timesteps: T, the number of counted simulation steps.
+        backend_options: options of the backend adapter (see ``snnbridge plugins``).
+        calibration_batches: use at most this many calibration batches.
+        example_input: a batch used to learn shapes when no calibration data is given.
+        progress: show tqdm progress bars.
+        seed: seed for any sampling done during conversion.
+
+    Returns:
+        a :class:`~snnbridge.runtime.SpikingModel`; ``snn(x)`` returns the decoded output and
+        ``snn.sweep(x)`` the output after each of 1..T steps.
+    """
+    started = time.perf_counter()
+    timesteps = _check_timesteps(timesteps)
+    rec: Recipe = recipe if isinstance(recipe, Recipe) else build_recipe(recipe)
+    registry = rec.registry
+    factory = make_neuron_factory(backend, backend_options, registry)
+    needing = [s.name for s in rec.steps if s.info.needs_data]
+    if needing and calibration is None:
+        raise MissingRequirementError(
+            f"plugin {needing[0]!r} needs calibration data; pass calibration=<a DataLoader or list of batches> "
+            "(a few hundred training images drawn at random are usually enough).")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"snnbridge.convert takes a torch.nn.Module, got {type(model).__name__}.")
+
+    prepared = prepare_graph(model, claim=registry.claim_module)
+    ctx = ConversionContext(prepared, timesteps=timesteps, calibration=calibration, max_batches=calibration_batches,
+                            device=_model_device(model), progress=progress, recipe=rec, backend=backend, seed=seed)
+    if example_input is not None:
+        ctx.infer_shapes(example_input.to(ctx.device))
+    elif calibration is not None:
+        first = next(iter(ctx.batches(desc="shapes", limit=1)))
+        ctx.infer_shapes(first)
+    if not prepared.sites:
+        raise InputError("the model has no activation (ReLU-like) to convert into neurons; nothing would spike. "
+                         "snnbridge converts networks with nn.ReLU / F.relu / ReLU6 / clip activations.")
+
+    # thresholds: the single provider (validated), else its fallback provider
+    provider = rec.provider("threshold")
+    assert provider is not None  # guaranteed by recipe validation
+    thresholds = registry.call(provider.name, "snnbridge_estimate_threshold", ctx=ctx, options=provider.options)
+    if not isinstance(thresholds, dict) or set(thresholds) != set(prepared.sites):
+        missing = sorted(set(prepared.sites) - set(thresholds or {}))
+        raise SnnbridgeError(f"plugin {provider.name!r} returned thresholds for the wrong sites (missing: "
+                             f"{', '.join(missing) or 'none'}); a threshold estimator must return one per site.")
+    specs = {}
+    for name, th in thresholds.items():
+        try:
+            specs[name] = NeuronSpec(threshold=th)
+        except InputError as exc:
+            raise InputError(f"plugin {provider.name!r} gave site {name!r} an invalid threshold: {exc}") from exc
+
+    for step in rec.steps:
+        for name, info in prepared.sites.items():
+            new = registry.call(step.name, "snnbridge_configure_neuron", default=None, site=info, spec=specs[name],
+                                ctx=ctx, options=step.options)
+            if new is not None:
+                if not isinstance(new, NeuronSpec):
+                    raise SnnbridgeError(f"plugin {step.name!r}: snnbridge_configure_neuron must return a NeuronSpec "
+                                         f"or None, got {type(new).__name__}.")
+                specs[name] = new
+
+    report = {"recipe": rec.to_list(), "backend": backend, "timesteps": timesteps, "graph": prepared.report,
+              "sites": {n: {"kind": i.kind, "shape": list(i.shape) if i.shape else None, "pre_pool": i.pre_pool}
+                        for n, i in prepared.sites.items()}}
+    snn = SpikingModel.build(prepared, specs, factory, timesteps=timesteps, input_shape=ctx.input_shape,
+                             recipe=rec.to_list(), report=report)
+    snn.to(ctx.device)
+    for step in rec.steps:
+        registry.call(step.name, "snnbridge_correct_error", default=None, snn=snn, ctx=ctx, options=step.options)
+    report["specs"] = {n: s.describe() for n, s in snn.specs.items()}
+    report["notes"] = ctx.report["notes"]
+    report["steps_run"] = snn.steps_run
+    report["conversion_seconds"] = round(time.perf_counter() - started, 3)
+    snn.eval()
+    return snn

@@ -1,0 +1,333 @@
+"""The runtime: a converted network that runs T steps in multi-step form.
+
+Layout. Stateless layers (conv, linear, pooling, add, cat ...) run once per call on a
+merged ``[n*B, ...]`` tensor that holds ``n`` time steps of a batch of ``B``; only the
+neurons (:class:`SpikingSite`) unmerge to ``[n, B, ...]`` and loop over time (or run a
+framework's fused kernel). The part of the network before the first neurons sees the
+static input once (``[B, ...]``) and is broadcast over time where it meets temporal
+values, so the SNN costs about T times the ANN, not more.
+
+Long runs are processed in chunks of time steps (``time_chunk``) to bound memory: the
+neurons keep their membrane potential between chunks, so the result is identical to one
+long pass. Every run starts from the specs' initial state: the model resets itself.
+
+Decoding. The output of the last (analog) layer is collected per step; ``forward``
+returns its mean over the counted steps, ``sweep`` the running mean after each step
+(accuracy vs T from one run). Steps a plugin asks for as pre-simulation (``warmup``) are
+run first and never counted; both numbers are reported (``steps_run``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+
+from .errors import BackendError, InputError
+from .graph import PreparedGraph, site_attr
+from .neurons import NeuronLayer, SimResult
+from .options import resolve_options
+from .sites import SiteInfo
+from .spec import NeuronSpec
+
+#: elements of one merged activation tensor per chunk (auto chunking), ~128 MB of float32
+CHUNK_ELEMENTS = 1 << 25
+
+
+class _RunState:
+    """Shared by the modules of one model during a run: steps in this chunk, first step, batch."""
+
+    def __init__(self):
+        self.n = 1
+        self.t0 = 0
+        self.batch = 0
+
+
+def biased_sequence(spec: NeuronSpec, x_seq: torch.Tensor, t0: int) -> torch.Tensor:
+    """``x_seq`` (``[n, B, C, ...]``) plus the spec's per-step bias for absolute steps ``t0 .. t0+n-1``."""
+    b = spec.step_bias
+    if b is None:
+        return x_seq
+    if isinstance(b, float):
+        return x_seq + b
+    n = x_seq.shape[0]
+    if b.shape[0] < t0 + n:
+        raise InputError(f"the neuron's per-step bias table has {b.shape[0]} steps but step {t0 + n} was run; it was "
+                         "calibrated for a shorter run. Re-run the correction (convert again) for this T.")
+    rows = b[t0:t0 + n].to(device=x_seq.device, dtype=x_seq.dtype)
+    shape = [n] + [1] * (x_seq.dim() - 1)
+    if rows.dim() == 2:
+        if x_seq.dim() < 3 or x_seq.shape[2] != rows.shape[1]:
+            raise InputError(f"a per-step, per-channel bias of {rows.shape[1]} channels does not fit activations "
+                             f"shaped {tuple(x_seq.shape[1:])}.")
+        shape[2] = rows.shape[1]
+    return x_seq + rows.view(shape)
+
+
+def make_neuron_factory(backend: str, backend_options: dict | None = None, registry=None) -> Callable[[NeuronSpec], NeuronLayer]:
+    """Validate ``backend`` and its options; return ``spec -> NeuronLayer`` built by that adapter."""
+    from .plugin_manager import get_registry
+
+    registry = registry or get_registry()
+    registry.require(backend, kind="backend")
+    if registry.info(backend).kind != "backend":
+        raise BackendError(f"{backend!r} is a method plugin, not a neuron backend; choose one of "
+                           f"{', '.join(registry.names('backend'))}.")
+    options = resolve_options(backend, registry.options(backend), backend_options)
+
+    def factory(spec: NeuronSpec) -> NeuronLayer:
+        layer = registry.call(backend, "snnbridge_make_neuron", spec=spec, options=options)
+        if not isinstance(layer, NeuronLayer):
+            raise BackendError(f"backend {backend!r} returned {type(layer).__name__} from snnbridge_make_neuron; "
+                               "adapters must return a snnbridge.NeuronLayer.")
+        return layer
+
+    factory.backend = backend  # type: ignore[attr-defined]
+    factory.options = options  # type: ignore[attr-defined]
+    return factory
+
+
+class TimeExpand(nn.Module):
+    """Broadcast a static ``[B, ...]`` tensor to the merged ``[n*B, ...]`` layout of the current chunk."""
+
+    def __init__(self, state: _RunState):
+        super().__init__()
+        self._state = state
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return x
+        n = self._state.n
+        return x.unsqueeze(0).expand(n, *x.shape).reshape(n * x.shape[0], *x.shape[1:])
+
+
+class SpikingSite(nn.Module):
+    """One activation site's neurons in the converted network.
+
+    Holds the site's :class:`NeuronSpec`, the backend's :class:`NeuronLayer` (genuine
+    framework neurons), and the membrane state between time chunks. Outputs weighted
+    spikes ``threshold * s(t)`` in the merged layout.
+    """
+
+    def __init__(self, info: SiteInfo, spec: NeuronSpec, neuron: NeuronLayer, state: _RunState):
+        super().__init__()
+        self.info = info
+        self.spec = spec
+        self.neuron = neuron
+        self.static_input = False
+        self._state = state
+        self.v: torch.Tensor | None = None
+        #: callables ``(site, x_seq, result)`` called after each chunk (used by corrections to record)
+        self.recorders: list[Callable[["SpikingSite", torch.Tensor, SimResult], None]] = []
+        #: callables ``(site, x_seq, v0) -> v0`` that adjust the initial state of a run (per sample)
+        self.initializers: list[Callable[["SpikingSite", torch.Tensor, torch.Tensor], torch.Tensor]] = []
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmerge ``x`` to ``[n, B, ...]`` (broadcasting a static input over time)."""
+        n, b = self._state.n, self._state.batch
+        if self.static_input:
+            return x.unsqueeze(0).expand(n, *x.shape)
+        return x.view(n, b, *x.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_seq = self.sequence(x)
+        t0 = self._state.t0
+        if t0 == 0 or self.v is None:
+            v = self.spec.v0_tensor(x_seq[0])
+            for init in self.initializers:
+                v = init(self, x_seq, v)
+            self.v = v
+        drive = biased_sequence(self.spec, x_seq, t0)
+        want_v = bool(self.recorders)
+        result = self.neuron.simulate(drive, self.v, return_v=want_v)
+        self.v = result.v_last
+        for rec in self.recorders:
+            rec(self, drive, result)
+        th = self.spec.threshold
+        out = result.spikes * (th if isinstance(th, float) else self.spec.threshold_tensor(result.spikes, 2))
+        return out.reshape(-1, *out.shape[2:])
+
+    def reset(self) -> None:
+        """Forget the membrane state (the next run starts from the spec's initial state)."""
+        self.v = None
+
+    def extra_repr(self) -> str:
+        return f"{self.info.name} ({self.info.kind})"
+
+
+class SpikingModel(nn.Module):
+    """A converted SNN: ``forward(x)`` runs T steps and returns the decoded output.
+
+    Attributes: ``timesteps`` (T), ``warmup`` (uncounted pre-simulation steps, set by
+    plugins), ``backend``, ``recipe`` (plain data), ``report`` (conversion report),
+    ``sites`` (name -> :class:`SpikingSite`).
+    """
+
+    def __init__(self, graph: fx.GraphModule, sites: dict[str, SpikingSite], state: _RunState, *,
+                 timesteps: int, factory: Callable[[NeuronSpec], NeuronLayer], input_shape=None,
+                 recipe: list | None = None, report: dict | None = None):
+        super().__init__()
+        self.graph_module = graph
+        self._site_names = list(sites)
+        self._state = state
+        self._factory = factory
+        self.timesteps = int(timesteps)
+        self.warmup = 0
+        self.time_chunk: int | None = None
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.backend = getattr(factory, "backend", "?")
+        self.recipe = recipe or []
+        self.report = report or {}
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, prepared: PreparedGraph, specs: dict[str, NeuronSpec], factory, *, timesteps: int,
+              input_shape=None, recipe=None, report=None) -> "SpikingModel":
+        gm = copy.deepcopy(prepared.module)
+        state = _RunState()
+        site_nodes = {}
+        sites: dict[str, SpikingSite] = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node.target.startswith("snnsite_"):
+                name = node.target[len("snnsite_"):]
+                info = prepared.sites[name]
+                site = SpikingSite(info, specs[name], factory(specs[name]), state)
+                _replace_module(gm, node.target, site)
+                sites[name] = site
+                site_nodes[node] = site
+        # which values depend on the input, and which on neurons (temporal)
+        from_input, temporal = set(), set()
+        for node in gm.graph.nodes:
+            deps = node.all_input_nodes
+            if node.op == "placeholder" or any(d in from_input for d in deps):
+                from_input.add(node)
+            if node in site_nodes or any(d in temporal for d in deps):
+                temporal.add(node)
+        expand_count = 0
+        for node in list(gm.graph.nodes):
+            if node not in temporal:
+                continue
+            if node in site_nodes:
+                src = node.args[0]
+                site_nodes[node].static_input = src not in temporal
+                continue
+            for dep in node.all_input_nodes:
+                if dep in from_input and dep not in temporal:
+                    name = f"snn_time_expand_{expand_count}"
+                    expand_count += 1
+                    gm.add_submodule(name, TimeExpand(state))
+                    with gm.graph.inserting_before(node):
+                        exp = gm.graph.call_module(name, (dep,))
+                    node.replace_input_with(dep, exp)
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        res = out.args[0]
+        if isinstance(res, fx.Node) and res not in temporal:
+            gm.add_submodule("snn_time_expand_out", TimeExpand(state))
+            with gm.graph.inserting_before(out):
+                exp = gm.graph.call_module("snn_time_expand_out", (res,))
+            out.replace_input_with(res, exp)
+        gm.graph.lint()
+        gm.recompile()
+        return cls(gm, sites, state, timesteps=timesteps, factory=factory, input_shape=input_shape,
+                   recipe=recipe, report=report)
+
+    # -- access -----------------------------------------------------------------------------------------
+    @property
+    def sites(self) -> dict[str, SpikingSite]:
+        return {n: self.graph_module.get_submodule(site_attr(n)) for n in self._site_names}
+
+    @property
+    def specs(self) -> dict[str, NeuronSpec]:
+        return {n: s.spec for n, s in self.sites.items()}
+
+    def set_spec(self, name: str, spec: NeuronSpec) -> None:
+        """Replace one site's spec; the backend rebuilds that site's neurons."""
+        site = self.sites[name]
+        device = next((p.device for p in self.parameters()), None) or torch.device("cpu")
+        site.spec = spec
+        site.neuron = self._factory(spec).to(device)
+
+    @property
+    def steps_run(self) -> int:
+        """Steps one call actually simulates: pre-simulation (uncounted) plus T."""
+        return self.warmup + self.timesteps
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _check_input(self, x: Any) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"the SNN takes a torch.Tensor batch shaped [B, ...], got {type(x).__name__}.")
+        if not torch.is_floating_point(x):
+            x = x.float()
+        if self.input_shape is not None:
+            want = (x.dim() == len(self.input_shape) + 1 and tuple(x.shape[1:]) == self.input_shape)
+            if not want:
+                hint = (" It looks like a single sample: add the batch dimension with x.unsqueeze(0)."
+                        if tuple(x.shape) == self.input_shape else "")
+                raise InputError(f"input of shape {tuple(x.shape)} does not match the shape the model was converted "
+                                 f"with, [B, {', '.join(map(str, self.input_shape))}].{hint} Pass a static batch (not "
+                                 "a [T, B, ...] sequence): the SNN repeats it over time itself.")
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(f"the input contains {bad} NaN/Inf value(s); clean it (e.g. torch.nan_to_num) before "
+                             "running the SNN.")
+        device = next((p.device for p in self.parameters()), None)
+        return x.to(device) if device is not None else x
+
+    def _chunk(self, batch: int, total: int) -> int:
+        if self.time_chunk is not None:
+            return max(1, min(int(self.time_chunk), total))
+        biggest = max((math.prod(s.info.shape) for s in self.sites.values() if s.info.shape), default=0)
+        if biggest == 0:
+            return total
+        return max(1, min(total, CHUNK_ELEMENTS // max(1, batch * biggest)))
+
+    def run(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included)."""
+        x = self._check_input(x)
+        T = self.timesteps if timesteps is None else int(timesteps)
+        if T < 1:
+            raise InputError(f"timesteps must be >= 1, got {T}.")
+        total = self.warmup + T
+        state = self._state
+        state.batch = x.shape[0]
+        for site in self.sites.values():
+            site.reset()
+        chunk = self._chunk(x.shape[0], total)
+        outs = []
+        t0 = 0
+        while t0 < total:
+            n = min(chunk, total - t0)
+            state.n, state.t0 = n, t0
+            y = self.graph_module(x)
+            if not isinstance(y, torch.Tensor):
+                raise InputError("the converted model must return one tensor per step.")
+            outs.append(y.view(n, x.shape[0], *y.shape[1:]))
+            t0 += n
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape[1:])
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+
+    def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        """Run ``warmup + T`` steps on the static batch ``x`` and return the mean output over the T counted steps."""
+        return self.run(x, timesteps)[self.warmup:].mean(0)
+
+    def sweep(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        """Decoded output after each of 1..T counted steps, ``[T, B, ...]``, from one run."""
+        per_step = self.run(x, timesteps)[self.warmup:]
+        steps = torch.arange(1, per_step.shape[0] + 1, device=per_step.device, dtype=per_step.dtype)
+        return per_step.cumsum(0) / steps.view(-1, *([1] * (per_step.dim() - 1)))
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}, timesteps={self.timesteps}, warmup={self.warmup}, sites={len(self._site_names)}"
+
+
+def _replace_module(gm: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
