@@ -10,16 +10,16 @@ import snnbridge
 
 
 @pytest.mark.parametrize("factory,expect", [
-    (torchvision.models.resnet18, {"sites": 17, "pre_neuron_maxpool": 1}),
-    (torchvision.models.vgg11_bn, {"sites": 10, "pre_neuron_maxpool": 5}),
-    (torchvision.models.mobilenet_v2, {"sites": 35, "pre_neuron_maxpool": 0}),
+    (torchvision.models.resnet18, {"sites": 17, "pre_neuron_maxpool": 1, "T": 16}),
+    (torchvision.models.vgg11_bn, {"sites": 10, "pre_neuron_maxpool": 5, "T": 16}),
+    (torchvision.models.mobilenet_v2, {"sites": 35, "pre_neuron_maxpool": 0, "T": 64}),
 ])
 def test_torchvision_models_convert_and_run(factory, expect):
     torch.manual_seed(0)
     model = factory(num_classes=10).eval()
     g = torch.Generator().manual_seed(0)
     data = [torch.rand(4, 3, 32, 32, generator=g)]
-    snn = snnbridge.convert(model, [{"robustnorm": {"percentile": 99.9}}], calibration=data, timesteps=16,
+    snn = snnbridge.convert(model, [{"robustnorm": {"percentile": 99.9}}], calibration=data, timesteps=expect["T"],
                             progress=False)
     assert len(snn.sites) == expect["sites"]
     assert len(snn.report["graph"]["pre_neuron_maxpool"]) == expect["pre_neuron_maxpool"]
@@ -29,7 +29,7 @@ def test_torchvision_models_convert_and_run(factory, expect):
         ann = model(data[0][:2])
     assert out.shape == ann.shape == (2, 10)
     assert torch.isfinite(out).all()
-    # the network really spikes at the first and the last site (16 steps let spikes reach the deepest layer)
+    # the network really spikes at the first and the last site (enough steps for spikes to reach the deepest layer: 35 sites deep for mobilenet_v2)
     rates = {}
     for name in (next(iter(snn.sites)), list(snn.sites)[-1]):
         snn.sites[name].recorders.append(lambda s, d, r: rates.setdefault(s.name, r.spikes.mean().item()))
