@@ -17,10 +17,12 @@ from .errors import (BackendError, CalibrationError, InputError, MissingRequirem
                      UnsupportedModelError)
 from .graph import PreparedGraph, prepare_graph
 from .hookspecs import hookimpl
+from .io import load, save
 from .neurons import NeuronLayer, SimResult, simulate
 from .options import Option
 from .plugin import PluginInfo
 from .plugin_manager import get_registry
+from .prepare import prepare
 from .recipe import RunConfig, build_recipe, load_config, parse_config
 from .runtime import SpikingModel
 from .sites import SiteInfo
@@ -29,9 +31,9 @@ from .spec import NeuronSpec
 __version__ = "0.1.0"
 
 __all__ = [
-    "convert", "prepare_graph", "simulate", "build_recipe", "load_config", "parse_config", "get_registry",
+    "convert", "prepare", "prepare_graph", "simulate", "build_recipe", "load_config", "parse_config", "get_registry",
     "hookimpl", "NeuronSpec", "NeuronLayer", "SimResult", "Option", "PluginInfo", "SiteInfo", "SpikingModel",
-    "PreparedGraph", "RunConfig",
+    "PreparedGraph", "RunConfig", "save", "load",
     "SnnbridgeError", "PluginLoadError", "UnknownPluginError", "OptionError", "PluginConflictError",
     "MissingRequirementError", "RecipeParseError", "UnsupportedModelError", "InputError", "CalibrationError",
     "BackendError", "__version__",
