@@ -15,12 +15,31 @@ Decoding. The output of the last (analog) layer is collected per step; ``forward
 returns its mean over the counted steps, ``sweep`` the running mean after each step
 (accuracy vs T from one run). Steps a plugin asks for as pre-simulation (``warmup``) are
 run first and never counted; both numbers are reported (``steps_run``).
+
+Per-sample corrections (generic; the methods live in plugins). A plugin's
+``snnbridge_correct_error`` may attach :class:`SiteCorrection` objects to sites. Each asks
+for a pre-simulation of ``presim_steps`` steps, either
+
+* ``scope="network"``: the whole network runs that many uncounted warm-up steps first
+  (``SpikingModel.warmup``); at the boundary every site hands its warm-up record to its
+  corrections and restarts from the state they return, with their output masks; or
+* ``scope="layer"``: each site pre-simulates the first steps of its *own* counted input
+  sequence (a look-ahead), asks its corrections for a new initial state, and then runs the
+  whole counted sequence from it.
+
+When any correction of a model is network-scoped, all of them share the network warm-up
+(one pre-simulation serves every correction). Corrections at a site are applied in the
+order they were attached (recipe order); each sees the state proposed by the previous.
+
+Decoding window. ``decode_delay(T)`` (default 0) skips the first counted steps when
+averaging the output ("delayed evaluation"); ``sweep`` applies it for every prefix length.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -37,6 +56,50 @@ from .spec import NeuronSpec
 CHUNK_ELEMENTS = 1 << 25
 
 
+@dataclass
+class PresimRecord:
+    """What a site saw during its pre-simulation (all ``[P, B, ...]`` except ``v0``).
+
+    ``drive``: input incl. per-step bias; ``spikes``: 0/1; ``v_seq``: membrane after each
+    step's reset; ``v0``: the state the pre-simulation started from; ``threshold``: the
+    threshold broadcastable against a ``[B, ...]`` state.
+    """
+
+    drive: torch.Tensor
+    spikes: torch.Tensor
+    v_seq: torch.Tensor
+    v0: torch.Tensor
+    threshold: torch.Tensor | float
+
+    @property
+    def pre_reset(self) -> torch.Tensor:
+        """The membrane before each step's reset, ``m(t) = v(t) + threshold * s(t)``."""
+        return self.v_seq + self.spikes * self.threshold
+
+
+@dataclass
+class Adjustment:
+    """A correction's answer: the initial state of the counted run and/or an output mask (both ``[B, ...]``)."""
+
+    v0: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+class SiteCorrection:
+    """Base class of per-sample runtime corrections attached to a :class:`SpikingSite`.
+
+    Subclasses set ``presim_steps`` and ``scope`` (``"layer"`` or ``"network"``) and
+    implement :meth:`adjust`. ``v0`` passed to ``adjust`` is the state proposed so far for
+    the counted run (the spec's initial state, or what earlier corrections returned).
+    """
+
+    presim_steps: int = 0
+    scope: str = "layer"
+
+    def adjust(self, site: "SpikingSite", record: PresimRecord, v0: torch.Tensor) -> Adjustment:
+        raise NotImplementedError
+
+
 class _RunState:
     """Shared by the modules of one model during a run: steps in this chunk, first step, batch."""
 
@@ -44,6 +107,7 @@ class _RunState:
         self.n = 1
         self.t0 = 0
         self.batch = 0
+        self.warmup = 0  # network-wide uncounted steps of the current run
 
 
 def biased_sequence(spec: NeuronSpec, x_seq: torch.Tensor, t0: int) -> torch.Tensor:
@@ -120,14 +184,25 @@ class SpikingSite(nn.Module):
         self.static_input = False
         self._state = state
         self.v: torch.Tensor | None = None
-        #: callables ``(site, x_seq, result)`` called after each chunk (used by corrections to record)
+        self.mask: torch.Tensor | None = None
+        self._presim: list[tuple] = []
+        #: callables ``(site, drive, result)`` called after each simulated part (used to record)
         self.recorders: list[Callable[["SpikingSite", torch.Tensor, SimResult], None]] = []
-        #: callables ``(site, x_seq, v0) -> v0`` that adjust the initial state of a run (per sample)
+        #: callables ``(site, x_seq, v0) -> v0`` that set a run's initial state per sample
         self.initializers: list[Callable[["SpikingSite", torch.Tensor, torch.Tensor], torch.Tensor]] = []
+        #: per-sample corrections fed by a pre-simulation (see the module docstring)
+        self.corrections: list[SiteCorrection] = []
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def lookahead(self) -> int:
+        """Steps of this site's own look-ahead pre-simulation (0 when the network warm-up is used)."""
+        if self._state.warmup > 0 or not self.corrections:
+            return 0
+        return max(c.presim_steps for c in self.corrections)
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Unmerge ``x`` to ``[n, B, ...]`` (broadcasting a static input over time)."""
@@ -136,27 +211,76 @@ class SpikingSite(nn.Module):
             return x.unsqueeze(0).expand(n, *x.shape)
         return x.view(n, b, *x.shape[1:])
 
+    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
+        """The state a run (or the counted part after a pre-simulation) starts from."""
+        v = self.spec.v0_tensor(like)
+        for init in self.initializers:
+            v = init(self, like, v)
+        return v
+
+    def _threshold(self, like: torch.Tensor):
+        th = self.spec.threshold
+        return th if isinstance(th, float) else self.spec.threshold_tensor(like, 1)
+
+    def _correct(self, record: PresimRecord) -> None:
+        v0 = self.initial_state(record.v0)
+        mask = None
+        for c in self.corrections:
+            adj = c.adjust(self, record, v0)
+            if adj is None:
+                continue
+            if adj.v0 is not None:
+                v0 = adj.v0
+            if adj.mask is not None:
+                mask = adj.mask if mask is None else mask * adj.mask
+        self.v, self.mask = v0, mask
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_seq = self.sequence(x)
-        t0 = self._state.t0
+        t0, W = self._state.t0, self._state.warmup
         if t0 == 0 or self.v is None:
-            v = self.spec.v0_tensor(x_seq[0])
-            for init in self.initializers:
-                v = init(self, x_seq, v)
-            self.v = v
-        drive = biased_sequence(self.spec, x_seq, t0)
-        want_v = bool(self.recorders)
-        result = self.neuron.simulate(drive, self.v, return_v=want_v)
+            self.v = self.initial_state(x_seq[0])
+            self.mask, self._presim = None, []
+        if t0 < W < t0 + x_seq.shape[0]:
+            split = W - t0
+            out = torch.cat([self._run(x_seq[:split], t0), self._run(x_seq[split:], W)], 0)
+        else:
+            out = self._run(x_seq, t0)
+        return out.reshape(-1, *out.shape[2:])
+
+    def _run(self, seq: torch.Tensor, start: int) -> torch.Tensor:
+        W = self._state.warmup
+        if self.corrections and W > 0 and start == W:
+            drive, spikes, v_seq = (torch.cat([p[i] for p in self._presim], 0) for i in range(3))
+            self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], self._threshold(spikes[0])))
+            self._presim = []
+        look = self.lookahead
+        if look and start == 0:
+            if seq.shape[0] < look:
+                raise InputError(f"site {self.name!r} pre-simulates the first {look} steps of its input, but only "
+                                 f"{seq.shape[0]} step(s) are run; use timesteps >= {look}.")
+            drive = biased_sequence(self.spec, seq[:look], 0)
+            res = self.neuron.simulate(drive, self.v.clone(), return_v=True)
+            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, self._threshold(res.spikes[0])))
+        in_presim = start < W
+        drive = biased_sequence(self.spec, seq, start if in_presim else start - W)
+        keep = in_presim and bool(self.corrections)
+        v_start = self.v
+        result = self.neuron.simulate(drive, self.v, return_v=bool(self.recorders) or keep)
+        if keep:
+            self._presim.append((drive, result.spikes, result.v_seq, v_start))
         self.v = result.v_last
         for rec in self.recorders:
             rec(self, drive, result)
         th = self.spec.threshold
         out = result.spikes * (th if isinstance(th, float) else self.spec.threshold_tensor(result.spikes, 2))
-        return out.reshape(-1, *out.shape[2:])
+        if self.mask is not None and not in_presim:
+            out = out * self.mask
+        return out
 
     def reset(self) -> None:
         """Forget the membrane state (the next run starts from the spec's initial state)."""
-        self.v = None
+        self.v, self.mask, self._presim = None, None, []
 
     def extra_repr(self) -> str:
         return f"{self.info.name} ({self.info.kind})"
@@ -165,9 +289,11 @@ class SpikingSite(nn.Module):
 class SpikingModel(nn.Module):
     """A converted SNN: ``forward(x)`` runs T steps and returns the decoded output.
 
-    Attributes: ``timesteps`` (T), ``warmup`` (uncounted pre-simulation steps, set by
-    plugins), ``backend``, ``recipe`` (plain data), ``report`` (conversion report),
-    ``sites`` (name -> :class:`SpikingSite`).
+    Attributes: ``timesteps`` (T), ``warmup`` (uncounted network pre-simulation steps,
+    derived from the sites' corrections), ``decode_delay`` (``T -> steps skipped when
+    decoding``, or None), ``time_chunk`` (steps per chunk, None = automatic), ``backend``,
+    ``recipe`` (plain data), ``report`` (conversion report), ``sites`` (name ->
+    :class:`SpikingSite`).
     """
 
     def __init__(self, graph: fx.GraphModule, sites: dict[str, SpikingSite], state: _RunState, *,
@@ -179,8 +305,8 @@ class SpikingModel(nn.Module):
         self._state = state
         self._factory = factory
         self.timesteps = int(timesteps)
-        self.warmup = 0
         self.time_chunk: int | None = None
+        self.decode_delay: Callable[[int], int] | None = None
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.backend = getattr(factory, "backend", "?")
         self.recipe = recipe or []
@@ -255,9 +381,35 @@ class SpikingModel(nn.Module):
         site.neuron = self._factory(spec).to(device)
 
     @property
+    def warmup(self) -> int:
+        """Uncounted network-wide pre-simulation steps (the largest a network-scoped correction asks for)."""
+        corrections = [c for s in self.sites.values() for c in s.corrections]
+        if any(c.scope == "network" for c in corrections):
+            return max(c.presim_steps for c in corrections)
+        return 0
+
+    @property
+    def lookahead(self) -> int:
+        """The largest per-site look-ahead pre-simulation (layer-scoped corrections without a warm-up)."""
+        if self.warmup:
+            return 0
+        return max((c.presim_steps for s in self.sites.values() for c in s.corrections), default=0)
+
+    def steps_for(self, timesteps: int | None = None) -> int:
+        """Steps actually simulated for T counted steps: warm-up or look-ahead pre-simulation plus T."""
+        T = self.timesteps if timesteps is None else int(timesteps)
+        return self.warmup + self.lookahead + T
+
+    @property
     def steps_run(self) -> int:
-        """Steps one call actually simulates: pre-simulation (uncounted) plus T."""
-        return self.warmup + self.timesteps
+        """Steps one call actually simulates (pre-simulation plus T); ``timesteps`` is the counted T."""
+        return self.steps_for()
+
+    def decode_start(self, timesteps: int) -> int:
+        """Counted steps skipped before averaging, for a run of ``timesteps`` (delayed evaluation)."""
+        if self.decode_delay is None:
+            return 0
+        return int(min(max(0, int(self.decode_delay(timesteps))), timesteps - 1))
 
     # -- running ------------------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
@@ -281,12 +433,13 @@ class SpikingModel(nn.Module):
         return x.to(device) if device is not None else x
 
     def _chunk(self, batch: int, total: int) -> int:
+        floor = max(1, self.lookahead)  # a site's look-ahead must fit in the first chunk
         if self.time_chunk is not None:
-            return max(1, min(int(self.time_chunk), total))
+            return max(floor, min(int(self.time_chunk), total))
         biggest = max((math.prod(s.info.shape) for s in self.sites.values() if s.info.shape), default=0)
         if biggest == 0:
             return total
-        return max(1, min(total, CHUNK_ELEMENTS // max(1, batch * biggest)))
+        return max(floor, min(total, CHUNK_ELEMENTS // max(1, batch * biggest)))
 
     def run(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included)."""
@@ -297,6 +450,7 @@ class SpikingModel(nn.Module):
         total = self.warmup + T
         state = self._state
         state.batch = x.shape[0]
+        state.warmup = self.warmup
         for site in self.sites.values():
             site.reset()
         chunk = self._chunk(x.shape[0], total)
@@ -315,17 +469,30 @@ class SpikingModel(nn.Module):
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
-        """Run ``warmup + T`` steps on the static batch ``x`` and return the mean output over the T counted steps."""
-        return self.run(x, timesteps)[self.warmup:].mean(0)
+        """Run the pre-simulation plus T steps on the static batch ``x``; return the decoded output.
+
+        The output is the mean of the last layer over the counted steps (after the decoding
+        delay, if a plugin set one).
+        """
+        per_step = self.run(x, timesteps)[self.warmup:]
+        return per_step[self.decode_start(per_step.shape[0]):].mean(0)
 
     def sweep(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
-        """Decoded output after each of 1..T counted steps, ``[T, B, ...]``, from one run."""
+        """Decoded output after each of 1..T counted steps, ``[T, B, ...]``, from one run.
+
+        Entry ``t-1`` is exactly what ``forward(x, timesteps=t)`` returns.
+        """
         per_step = self.run(x, timesteps)[self.warmup:]
-        steps = torch.arange(1, per_step.shape[0] + 1, device=per_step.device, dtype=per_step.dtype)
-        return per_step.cumsum(0) / steps.view(-1, *([1] * (per_step.dim() - 1)))
+        T = per_step.shape[0]
+        zero = torch.zeros_like(per_step[:1])
+        csum = torch.cat([zero, per_step.cumsum(0)], 0)  # csum[t] = sum of steps 1..t
+        ends = torch.arange(1, T + 1, device=per_step.device)
+        starts = torch.tensor([self.decode_start(t) for t in range(1, T + 1)], device=per_step.device)
+        shape = [-1] + [1] * (per_step.dim() - 1)
+        return (csum[ends] - csum[starts]) / (ends - starts).to(per_step.dtype).view(shape)
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend}, timesteps={self.timesteps}, warmup={self.warmup}, sites={len(self._site_names)}"
+        return f"backend={self.backend}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"
 
 
 def _replace_module(gm: nn.Module, target: str, module: nn.Module) -> None:
