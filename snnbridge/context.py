@@ -109,6 +109,10 @@ class ConversionContext:
             raise CalibrationError("the calibration data yielded no batches; pass a non-empty DataLoader or list.")
 
     # -- observation ------------------------------------------------------------------------------------
+    def site_module(self, name: str):
+        """The :class:`~snnbridge.sites.ActivationSite` of ``name`` in the reference ANN (read it, don't edit it)."""
+        return self.ann.get_submodule(site_attr(name))
+
     @contextmanager
     def hooks(self, fn, where: str = "output"):
         """Temporarily call ``fn(site_name, tensor)`` on each site's output (or input) in the reference ANN."""
