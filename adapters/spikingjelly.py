@@ -1,0 +1,277 @@
+"""SpikingJelly backend (``backend="spikingjelly"``): genuine ``activation_based.neuron`` modules.
+
+Every site gets real SpikingJelly neurons in multi-step mode (``step_mode='m'``) with reset
+by subtraction (``v_reset=None``), held as child modules of the layer, so SpikingJelly's own
+tools work on a converted model: ``functional.reset_net`` (resets them),
+``functional.set_step_mode`` (``'s'`` makes :meth:`SpikingJellyLayer.simulate` drive them
+one step at a time; the result is the same), monitors, ``isinstance`` checks.
+
+Two generations of SpikingJelly are supported; which one is installed is detected when a
+layer is built (the 0.0.0.0.x neurons take a ``backend=`` argument, the 2.x ones do not).
+
+SpikingJelly >= 2.0
+    No ``backend`` argument: the kernel is chosen per device by SpikingJelly (CPU: its torch
+    reference; CUDA: native extension, then Triton, then torch). CuPy was removed.
+    Thresholds of ``IFNode`` must be Python floats, so
+
+    * a scalar threshold gives ``neuron.IFNode(v_threshold=float(theta), v_reset=None)``;
+    * a per-channel threshold gives ``neuron.ActivationAwareIFNode(v_threshold=<[C] tensor>,
+      v_offset=0.0, channel_dim=1, v_reset=None)``. Its rule is ``h + offset >= theta_c``
+      and ``v = h - s * theta_c`` with ``h = v + x`` and ``channel_dim`` counted in one
+      step's ``[B, C, ...]`` layout (the multi-step kernel adds the time dimension itself);
+      with ``offset = 0`` this is the reference neuron operation for operation, so spikes
+      and potentials are bit-identical. SpikingJelly's converter trick (scale the input by
+      ``1/theta_c``, fire at 1, scale back) was not used: the division rounds, so spikes
+      near the threshold can differ from the reference.
+
+SpikingJelly 0.0.0.0.14
+    ``neuron.IFNode(..., backend='torch'|'cupy')``. Thresholds must be Python floats on every
+    path (the constructor asserts it, and the TorchScript and CuPy kernels take a ``float``),
+    and there is no per-channel neuron, so a per-channel threshold is realized by *channel
+    groups*: one genuine ``IFNode(v_threshold=float(value))`` per distinct threshold value,
+    each run on the channels that share that value (gathered and scattered back along the
+    channel dimension). Element-wise dynamics make this exact; the cost is one kernel call
+    per distinct value. Note that 0.0.0.0.14 uses its CuPy kernel only for modules in
+    training mode; with ``kernel="cupy"`` the layer switches its neurons to training mode
+    for the duration of a call (they hold no other train/eval-dependent state).
+
+Firing rule. Every path fires on ``v >= threshold`` as snnbridge requires: the torch paths
+compute ``heaviside(h - theta)`` with ``heaviside(0) = 1`` (or ``h >= theta`` directly) and
+the CuPy kernel ``(h - v_th) >= 0.0f ? 1 : 0`` - checked against the reference at exact
+ties in the tests.
+
+Initial state. The core passes a full-shape ``v_init``; it is assigned to the neuron's
+``v`` before the run (SpikingJelly >= 2.0 silently replaces a state whose shape differs
+from one input step by zeros, so it must be full shape). ``return_v`` turns on
+``store_v_seq``, whose ``v_seq`` is the membrane after each step's reset.
+
+Adapter option ``kernel``: ``auto`` (default; SpikingJelly's own choice - automatic on 2.x,
+``backend='torch'`` on 0.0.0.0.14), ``torch``, ``cupy`` (0.0.0.0.14 with CuPy and a CUDA
+device only), ``triton`` / ``cuda`` (2.x on CUDA tensors; SpikingJelly 2 selects these per
+neuron family through the environment variables ``SJ_IF_CUDA_IMPLEMENTATION`` and
+``SJ_ACTIVATION_AWARE_IF_CUDA_IMPLEMENTATION``, read when it is imported, so the adapter
+checks that they agree instead of silently running another kernel).
+
+No conversion method lives here: this module only realizes a :class:`~snnbridge.NeuronSpec`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+
+import torch
+from torch import nn
+
+from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, hookimpl
+
+NAME = "spikingjelly"
+KERNELS = ("auto", "torch", "cupy", "triton", "cuda")
+LEGACY = "0.0.0.0.x"
+MODERN = "2.x"
+
+#: environment variables through which SpikingJelly 2 selects CUDA kernels, per neuron class
+_ENV = {"IFNode": "SJ_IF_CUDA_IMPLEMENTATION", "ActivationAwareIFNode": "SJ_ACTIVATION_AWARE_IF_CUDA_IMPLEMENTATION"}
+
+
+def _import_neuron_module():
+    try:
+        return importlib.import_module("spikingjelly.activation_based.neuron")
+    except Exception as exc:  # ImportError, or a broken install failing inside its import
+        raise BackendError(
+            f"backend 'spikingjelly' needs the spikingjelly package, which cannot be imported here "
+            f"({type(exc).__name__}: {exc}). Install it with `pip install 'spikingjelly>=2.0'` (or "
+            "`pip install spikingjelly==0.0.0.0.14` for its CuPy kernels), or choose backend='torch' or "
+            "backend='snntorch'.") from exc
+
+
+def generation(neuron_module=None) -> str:
+    """``"2.x"`` or ``"0.0.0.0.x"``: the installed SpikingJelly's neuron API generation."""
+    neuron_module = neuron_module or _import_neuron_module()
+    params = inspect.signature(neuron_module.IFNode.__init__).parameters
+    return LEGACY if "backend" in params else MODERN
+
+
+def _sj_version() -> str:
+    try:
+        import importlib.metadata as md
+        return md.version("spikingjelly")
+    except Exception:
+        return "?"
+
+
+def _legacy_cupy_missing() -> list[str]:
+    """What SpikingJelly 0.0.0.0.14's CuPy kernel lacks here (empty when it can run)."""
+    missing = []
+    try:
+        importlib.import_module("cupy")
+    except Exception as exc:
+        missing.append(f"CuPy (`import cupy` fails: {type(exc).__name__}: {exc}; install the wheel matching your CUDA "
+                       "toolkit, e.g. `pip install cupy-cuda12x`)")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA device (torch.cuda.is_available() is False; CuPy kernels run only on NVIDIA GPUs)")
+    return missing
+
+
+def _check_kernel(kernel: str, gen: str) -> None:
+    """Refuse kernel choices the installed generation cannot honour (at build time)."""
+    if gen == MODERN:
+        if kernel == "cupy":
+            raise BackendError(
+                f"kernel='cupy' is not available: SpikingJelly {_sj_version()} (2.x) removed CuPy; its kernels are "
+                "chosen automatically (CPU: torch reference, CUDA: native extension or Triton). Use kernel='auto'. "
+                "For the CuPy kernels install SpikingJelly 0.0.0.0.14 instead (`pip install spikingjelly==0.0.0.0.14` "
+                "plus `pip install cupy-cuda12x` matching your CUDA) on a machine with an NVIDIA GPU.")
+    else:
+        if kernel in ("triton", "cuda"):
+            raise BackendError(
+                f"kernel={kernel!r} needs SpikingJelly 2.x; the installed SpikingJelly {_sj_version()} has only the 'torch' "
+                "and 'cupy' kernels. Use kernel='auto', 'torch' or 'cupy', or upgrade with "
+                "`pip install 'spikingjelly>=2.0'`.")
+        if kernel == "cupy":
+            missing = _legacy_cupy_missing()
+            if missing:
+                raise BackendError(f"kernel='cupy' (SpikingJelly {_sj_version()}) needs CuPy and a CUDA device; missing here: "
+                                   + "; ".join(missing) + ". Or use kernel='auto' (torch kernels).")
+
+
+class SpikingJellyLayer(NeuronLayer):
+    """Genuine SpikingJelly IF neurons (soft reset, multi-step) realizing one site's spec.
+
+    ``nodes`` holds the SpikingJelly modules: one ``IFNode`` (scalar threshold), one
+    ``ActivationAwareIFNode`` (per-channel, SpikingJelly 2.x) or one ``IFNode`` per
+    distinct threshold value (per-channel, SpikingJelly 0.0.0.0.14; ``groups`` then holds
+    the channel indices of each node).
+    """
+
+    backend = NAME
+    #: SpikingJelly 0.0.0.0.14's ``functional.set_backend`` asks every module that has a
+    #: ``backend`` attribute for this; the kernels are chosen on the neurons in ``nodes``.
+    supported_backends: tuple = ()
+
+    def __init__(self, spec, kernel: str = "auto"):
+        super().__init__(spec)
+        neuron = _import_neuron_module()
+        self.generation = generation(neuron)
+        _check_kernel(kernel, self.generation)
+        self.kernel = kernel
+        th = spec.threshold
+        self.groups: list[str] = []
+        nodes = []
+        if self.generation == MODERN:
+            if isinstance(th, float):
+                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m"))
+            else:
+                nodes.append(neuron.ActivationAwareIFNode(v_threshold=th.clone(), v_offset=0.0, channel_dim=1,
+                                                          v_reset=None, step_mode="m"))
+        else:
+            sj_backend = "cupy" if kernel == "cupy" else "torch"
+            if isinstance(th, float):
+                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m", backend=sj_backend))
+            else:
+                values, inverse = torch.unique(th, return_inverse=True)
+                for k, value in enumerate(values.tolist()):
+                    nodes.append(neuron.IFNode(v_threshold=float(value), v_reset=None, step_mode="m",
+                                               backend=sj_backend))
+                    name = f"group_{k}"
+                    self.register_buffer(name, (inverse == k).nonzero().flatten(), persistent=False)
+                    self.groups.append(name)
+        self.nodes = nn.ModuleList(nodes)
+
+    # -- running ------------------------------------------------------------------------------------
+    def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
+        if not self.groups:
+            spikes, v_last, v_seq = self._run(self.nodes[0], x_seq, v_init, return_v)
+            return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+        if x_seq.dim() < 3:
+            raise BackendError(f"a per-channel threshold needs a channel dimension, but the input steps have shape "
+                               f"{tuple(x_seq.shape[1:])}.")
+        spikes = torch.empty_like(x_seq)
+        v_last = torch.empty_like(v_init)
+        v_seq = torch.empty_like(x_seq) if return_v else None
+        for node, name in zip(self.nodes, self.groups):
+            idx = getattr(self, name)
+            s, v, vs = self._run(node, x_seq.index_select(2, idx), v_init.index_select(1, idx), return_v)
+            spikes.index_copy_(2, idx, s.to(spikes.dtype))
+            v_last.index_copy_(1, idx, v.to(v_last.dtype))
+            if v_seq is not None:
+                v_seq.index_copy_(2, idx, vs.to(v_seq.dtype))
+        return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+
+    def _run(self, node, x_seq, v_init, return_v):
+        self._check_device_kernel(node, x_seq)
+        cupy = self.generation == LEGACY and getattr(node, "backend", "torch") == "cupy"
+        was_training = node.training
+        if cupy:
+            node.train(True)  # 0.0.0.0.14 runs CuPy only in training mode (eval always uses TorchScript)
+        try:
+            node.v = v_init  # full shape: kept as the initial state (a broadcast shape would be zeroed)
+            if node.step_mode == "m":
+                node.store_v_seq = bool(return_v)
+                spikes = node(x_seq)
+                v_seq = node.v_seq if return_v else None
+                node.store_v_seq = False
+            else:  # functional.set_step_mode(net, 's'): drive the same neuron one step at a time
+                node.store_v_seq = False
+                steps, volts = [], []
+                for t in range(x_seq.shape[0]):
+                    steps.append(node(x_seq[t]))
+                    if return_v:
+                        volts.append(node.v)
+                spikes = torch.stack(steps)
+                v_seq = torch.stack(volts) if return_v else None
+            v_last = node.v
+        finally:
+            if cupy:
+                node.train(was_training)
+        return spikes, v_last, v_seq
+
+    def _check_device_kernel(self, node, x_seq):
+        kernel = self.kernel
+        if kernel == "auto":
+            return
+        if self.generation == LEGACY:
+            if kernel == "cupy" and node.step_mode == "m":
+                if not x_seq.is_cuda or x_seq.dtype not in (torch.float32, torch.float16):
+                    raise BackendError(
+                        f"kernel='cupy' runs on CUDA float32/float16 tensors, got a {x_seq.dtype} tensor on "
+                        f"{x_seq.device}. Move the model and the input to the GPU (snn.cuda(), x.cuda()) or use "
+                        "kernel='auto'.")
+            return
+        if kernel == "torch" and not x_seq.is_cuda:
+            return  # SpikingJelly 2 always runs its torch reference on CPU
+        if not x_seq.is_cuda:
+            raise BackendError(f"kernel={kernel!r} runs on CUDA tensors, got a tensor on {x_seq.device}; move the "
+                               "model and input to the GPU, or use kernel='auto' (on CPU SpikingJelly 2 runs its torch "
+                               "reference).")
+        var = _ENV[type(node).__name__]
+        chosen = os.environ.get(var, "auto")
+        if chosen != kernel:
+            raise BackendError(
+                f"kernel={kernel!r}: SpikingJelly 2 picks the CUDA kernel of {type(node).__name__} from the environment "
+                f"variable {var} (now {chosen!r}), read when spikingjelly is imported. Set {var}={kernel} before "
+                "starting Python, or use kernel='auto'.")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, spikingjelly={self.generation}, kernel={self.kernel}"
+
+
+@hookimpl
+def snnbridge_plugin_info():
+    return PluginInfo(summary="SpikingJelly IF neurons (IFNode / ActivationAwareIFNode, soft reset, multi-step); "
+                              "SpikingJelly 2.x or 0.0.0.0.14", kind="backend", provides=("backend",),
+                      reference="https://github.com/fangwei123456/spikingjelly")
+
+
+@hookimpl
+def snnbridge_add_options():
+    return [Option("kernel", str, "auto",
+                   "neuron kernel: 'auto' (SpikingJelly's choice), 'torch', 'cupy' (SpikingJelly 0.0.0.0.14 + CuPy + "
+                   "CUDA), 'triton' or 'cuda' (SpikingJelly 2 on CUDA, selected via SJ_*_CUDA_IMPLEMENTATION)",
+                   choices=KERNELS)]
+
+
+@hookimpl
+def snnbridge_make_neuron(spec, options):
+    return SpikingJellyLayer(spec, kernel=options.get("kernel", "auto"))
