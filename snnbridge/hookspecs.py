@@ -67,6 +67,19 @@ def snnbridge_add_options():
     """
 
 
+@hookspec
+def snnbridge_check_recipe(recipe, options):
+    """Option-dependent recipe rules, checked with the rest of the recipe *before any work*.
+
+    Called once per recipe plugin, in recipe order, after the capability rules of
+    ``snnbridge_plugin_info`` passed. ``recipe`` is the validated
+    :class:`~snnbridge.recipe.Recipe` (``recipe.names``, ``recipe.provider(capability)``);
+    ``options`` are this plugin's complete options. Raise a :mod:`snnbridge.errors` class
+    (usually :class:`~snnbridge.errors.PluginConflictError`) whose message names the fix when
+    the chosen options do not fit the other plugins; return nothing otherwise.
+    """
+
+
 @hookspec(firstresult=True)
 def snnbridge_claim_module(module):
     """Tell the core that ``module`` is an activation to convert into neurons.

@@ -137,7 +137,10 @@ def build_recipe(recipe: Any, *, registry: Registry | None = None, for_conversio
         options = resolve_options(name, registry.options(name), given)
         steps.append(Step(name, options, info))
     _check_capabilities(steps, registry, for_conversion)
-    return Recipe(steps, registry)
+    validated = Recipe(steps, registry)
+    for s in steps:  # option-dependent rules of each plugin (hook snnbridge_check_recipe)
+        registry.call(s.name, "snnbridge_check_recipe", default=None, recipe=validated, options=s.options)
+    return validated
 
 
 def _unknown(registry: Registry, name: str) -> None:

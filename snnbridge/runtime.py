@@ -291,7 +291,9 @@ class SpikingModel(nn.Module):
 
     Attributes: ``timesteps`` (T), ``warmup`` (uncounted network pre-simulation steps,
     derived from the sites' corrections), ``decode_delay`` (``T -> steps skipped when
-    decoding``, or None), ``time_chunk`` (steps per chunk, None = automatic), ``backend``,
+    decoding``, or None), ``timestep_checks`` (callables ``(snn, T)`` run before each run,
+    e.g. T-specific corrections warning about another T), ``time_chunk`` (steps per chunk,
+    None = automatic), ``backend``,
     ``recipe`` (plain data), ``report`` (conversion report), ``sites`` (name ->
     :class:`SpikingSite`).
     """
@@ -307,6 +309,9 @@ class SpikingModel(nn.Module):
         self.timesteps = int(timesteps)
         self.time_chunk: int | None = None
         self.decode_delay: Callable[[int], int] | None = None
+        #: callables ``(snn, T)`` run before every run with its counted T (e.g. to warn when a
+        #: plugin's corrections were calibrated for another T); they may warn or raise
+        self.timestep_checks: list[Callable[["SpikingModel", int], None]] = []
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.backend = getattr(factory, "backend", "?")
         self.recipe = recipe or []
@@ -447,6 +452,8 @@ class SpikingModel(nn.Module):
         T = self.timesteps if timesteps is None else int(timesteps)
         if T < 1:
             raise InputError(f"timesteps must be >= 1, got {T}.")
+        for check in getattr(self, "timestep_checks", ()):  # absent on models saved before it existed
+            check(self, T)
         total = self.warmup + T
         state = self._state
         state.batch = x.shape[0]
