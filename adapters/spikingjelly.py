@@ -104,11 +104,15 @@ def _sj_version() -> str:
 def _legacy_cupy_missing() -> list[str]:
     """What SpikingJelly 0.0.0.0.14's CuPy kernel lacks here (empty when it can run)."""
     missing = []
+    hint = "install the wheel matching your CUDA toolkit, e.g. `pip install cupy-cuda12x`, then restart Python"
     try:
         importlib.import_module("cupy")
     except Exception as exc:
-        missing.append(f"CuPy (`import cupy` fails: {type(exc).__name__}: {exc}; install the wheel matching your CUDA "
-                       "toolkit, e.g. `pip install cupy-cuda12x`)")
+        missing.append(f"CuPy (`import cupy` fails: {type(exc).__name__}: {exc}; {hint})")
+    else:
+        base = importlib.import_module("spikingjelly.activation_based.base")
+        if getattr(base, "cupy", None) is None:  # SpikingJelly imports CuPy once, when it is imported itself
+            missing.append(f"CuPy as seen by SpikingJelly (it could not import CuPy when it was imported; {hint})")
     if not torch.cuda.is_available():
         missing.append("a CUDA device (torch.cuda.is_available() is False; CuPy kernels run only on NVIDIA GPUs)")
     return missing
@@ -126,14 +130,14 @@ def _check_kernel(kernel: str, gen: str) -> None:
     else:
         if kernel in ("triton", "cuda"):
             raise BackendError(
-                f"kernel={kernel!r} needs SpikingJelly 2.x; the installed SpikingJelly {_sj_version()} has only the 'torch' "
-                "and 'cupy' kernels. Use kernel='auto', 'torch' or 'cupy', or upgrade with "
+                f"kernel={kernel!r} needs SpikingJelly 2.x; the installed SpikingJelly {_sj_version()} has only the "
+                "'torch' and 'cupy' kernels. Use kernel='auto', 'torch' or 'cupy', or upgrade with "
                 "`pip install 'spikingjelly>=2.0'`.")
         if kernel == "cupy":
             missing = _legacy_cupy_missing()
             if missing:
-                raise BackendError(f"kernel='cupy' (SpikingJelly {_sj_version()}) needs CuPy and a CUDA device; missing here: "
-                                   + "; ".join(missing) + ". Or use kernel='auto' (torch kernels).")
+                raise BackendError(f"kernel='cupy' (SpikingJelly {_sj_version()}) needs CuPy and a CUDA device; "
+                                   "missing here: " + "; ".join(missing) + ". Or use kernel='auto' (torch kernels).")
 
 
 class SpikingJellyLayer(NeuronLayer):
@@ -229,15 +233,16 @@ class SpikingJellyLayer(NeuronLayer):
 
     def _check_device_kernel(self, node, x_seq):
         kernel = self.kernel
-        if kernel == "auto":
-            return
         if self.generation == LEGACY:
-            if kernel == "cupy" and node.step_mode == "m":
+            # the neuron's own ``backend`` decides (``functional.set_backend`` may have changed it)
+            if getattr(node, "backend", "torch") == "cupy" and node.step_mode == "m":
                 if not x_seq.is_cuda or x_seq.dtype not in (torch.float32, torch.float16):
                     raise BackendError(
-                        f"kernel='cupy' runs on CUDA float32/float16 tensors, got a {x_seq.dtype} tensor on "
-                        f"{x_seq.device}. Move the model and the input to the GPU (snn.cuda(), x.cuda()) or use "
-                        "kernel='auto'.")
+                        f"the CuPy kernel runs on CUDA float32/float16 tensors, got a {x_seq.dtype} tensor on "
+                        f"{x_seq.device}. Move the model and the input to the GPU (snn.cuda(), x.cuda()), or use the "
+                        "torch kernel (kernel='auto', or functional.set_backend(net, 'torch') after set_backend).")
+            return
+        if kernel == "auto":
             return
         if kernel == "torch" and not x_seq.is_cuda:
             return  # SpikingJelly 2 always runs its torch reference on CPU

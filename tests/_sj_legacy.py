@@ -51,9 +51,10 @@ def legacy_dir() -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0 or not _ready(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(f"could not install SpikingJelly {VERSION} into {d} (needed by the legacy-backend tests):"
-                               f"\n$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\nInstall it by hand with that "
-                               f"command (target {d}) or point {ENV_VAR} at a directory that holds it.")
+            by_hand = " ".join(cmd[:-2] + [str(d), cmd[-1]])
+            raise RuntimeError(f"could not install SpikingJelly {VERSION} into {d} (needed by the legacy-backend "
+                               f"tests):\n{proc.stdout}\n{proc.stderr}\nInstall it by hand with\n  {by_hand}\nor point "
+                               f"{ENV_VAR} at a directory that holds it.")
         if d.exists():
             shutil.rmtree(d)
         os.replace(tmp, d)

@@ -8,12 +8,14 @@ computed here through the public API against the torch reference backend.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 
 import torch
 
 torch.set_num_threads(1)
+logging.disable(logging.WARNING)  # 0.0.0.0.14's reset_net/set_backend warn about every non-SpikingJelly module
 
 import snnbridge  # noqa: E402
 from snnbridge import BackendError, NeuronSpec, simulate  # noqa: E402
@@ -154,18 +156,26 @@ def error_report():
     out["cupy_here"] = msg(lambda: simulate(spec, x, backend="spikingjelly", backend_options={"kernel": "cupy"}))
     out["triton"] = msg(lambda: simulate(spec, x, backend="spikingjelly", backend_options={"kernel": "triton"}))
     out["torch_kernel_ok"] = msg(lambda: simulate(spec, x, backend="spikingjelly", backend_options={"kernel": "torch"}))
-    # CuPy importable (a stub) but no CUDA device: the message must blame the device only
-    real = sys.modules.get("cupy")
-    sys.modules["cupy"] = types.ModuleType("cupy")
+    out["cuda_available"] = torch.cuda.is_available()
+    # CuPy importable (a stub, also where SpikingJelly keeps the module it imported) but no CUDA device:
+    # the message must blame the device only
+    from spikingjelly.activation_based import base, functional
+    real, real_base = sys.modules.get("cupy"), base.cupy
+    sys.modules["cupy"] = base.cupy = types.ModuleType("cupy")
     try:
         out["cupy_stub_no_cuda"] = msg(lambda: simulate(spec, x, backend="spikingjelly",
                                                         backend_options={"kernel": "cupy"}))
+        # functional.set_backend on a layer switches its genuine IFNodes to CuPy; CPU tensors are then refused
+        layer = snnbridge.runtime.make_neuron_factory("spikingjelly")(NeuronSpec(threshold=torch.tensor([1.0, 0.5])))
+        functional.set_backend(layer, "cupy")
+        out["set_backend_nodes"] = sorted({n.backend for n in layer.nodes})
+        out["set_backend_cpu"] = msg(lambda: layer.simulate(torch.rand(4, 2, 2), torch.zeros(2, 2)))
     finally:
+        base.cupy = real_base
         if real is None:
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = real
-    out["cuda_available"] = torch.cuda.is_available()
     return out
 
 

@@ -102,6 +102,14 @@ def test_long_run_random_floats_per_site(backend):
         got = simulate(spec, x, backend=backend, return_v=True)
         assert torch.equal(got.spikes, ref.spikes)
         torch.testing.assert_close(got.v_seq, ref.v_seq, rtol=0, atol=1e-5)
+    # a Linear site: [T, B, F], the features are the channels
+    x = torch.randn(64, 4, 7, generator=g) * 0.6 + 0.3
+    th = torch.rand(7, generator=g) + 0.4
+    spec = NeuronSpec(threshold=th, v0=torch.rand(7, generator=g))
+    ref = simulate(spec, x, backend="torch", return_v=True)
+    got = simulate(spec, x, backend=backend, return_v=True)
+    assert torch.equal(got.spikes, ref.spikes) and ref.spikes.sum() > 0
+    torch.testing.assert_close(got.v_last, ref.v_last, rtol=0, atol=1e-5)
 
 
 def test_time_chunks_do_not_change_results(converted, test_input):
@@ -184,9 +192,14 @@ def test_snntorch_utils_reset(converted, test_input):
         assert torch.equal(snn(test_input), y)
 
 
-def test_snntorch_surrogate_gradient_flows():
+@pytest.mark.parametrize("backend", ["spikingjelly", "snntorch"])
+@pytest.mark.parametrize("threshold", [1.0, torch.tensor([1.0, 0.7])])
+def test_surrogate_gradient_flows(backend, threshold):
+    """Converted SNNs can be fine-tuned: gradients reach the input through the frameworks' surrogates."""
     x = torch.full((3, 1, 2), 0.4, requires_grad=True)
-    r = simulate(NeuronSpec(threshold=1.0, v0=0.1), x, backend="snntorch")
+    r = simulate(NeuronSpec(threshold=threshold, v0=0.1), x, backend=backend)
+    ref = simulate(NeuronSpec(threshold=threshold, v0=0.1), x.detach(), backend="torch")
+    assert torch.equal(r.spikes.detach(), ref.spikes)
     r.spikes.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 

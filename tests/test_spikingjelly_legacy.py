@@ -71,3 +71,5 @@ def test_legacy_kernel_errors(report):
     if not e["cuda_available"]:
         assert stub.startswith("BackendError") and "CUDA device" in stub and "import cupy" not in stub
     assert e["triton"].startswith("BackendError") and "'torch' and 'cupy'" in e["triton"]
+    assert e["set_backend_nodes"] == ["cupy"]
+    assert e["set_backend_cpu"].startswith("BackendError") and "CUDA" in e["set_backend_cpu"]
