@@ -118,18 +118,22 @@ class SnnTorchLayer(NeuronLayer):
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         leaky = self.leaky
         th = self._threshold_for(x_seq[0])
-        leaky.threshold = th
-        mem = torch.zeros_like(x_seq[0])  # full shape, below threshold: no reset at step 1
-        spikes = torch.empty_like(x_seq)
-        v_seq = torch.empty_like(x_seq) if return_v else None
-        spk = None
-        for t in range(x_seq.shape[0]):
-            x_t = x_seq[0] + v_init if t == 0 else x_seq[t]
-            spk, mem = leaky(x_t, mem)
-            spikes[t] = spk
-            if v_seq is not None:
-                v_seq[t] = mem - th * spk
-        v_last = mem - th * spk
+        resting = leaky.threshold
+        leaky.threshold = th  # for this run only: the stored buffer keeps its shape, so state_dicts stay loadable
+        try:
+            mem = torch.zeros_like(x_seq[0])  # full shape, below threshold: no reset at step 1
+            spikes = torch.empty_like(x_seq)
+            v_seq = torch.empty_like(x_seq) if return_v else None
+            spk = None
+            for t in range(x_seq.shape[0]):
+                x_t = x_seq[0] + v_init if t == 0 else x_seq[t]
+                spk, mem = leaky(x_t, mem)
+                spikes[t] = spk
+                if v_seq is not None:
+                    v_seq[t] = mem - th * spk
+            v_last = mem - th * spk
+        finally:
+            leaky.threshold = resting
         return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
 
     def extra_repr(self) -> str:

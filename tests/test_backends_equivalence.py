@@ -178,6 +178,19 @@ def test_snntorch_neurons_are_genuine(converted):
             assert lif.spike_grad is fire_ge
 
 
+def test_state_dict_round_trip(converted, test_input, small_resnet, calib_batches):
+    """A state_dict taken after a run loads into a freshly converted model (buffers keep their shapes)."""
+    for backend in ("spikingjelly", "snntorch"):
+        snn = converted[("robustnorm_channelwise", backend)]
+        with torch.no_grad():
+            y = snn(test_input)
+        fresh = snnbridge.convert(small_resnet, RECIPES["robustnorm_channelwise"], calibration=calib_batches,
+                                  backend=backend, timesteps=16, progress=False)
+        fresh.load_state_dict(snn.state_dict())
+        with torch.no_grad():
+            assert torch.equal(fresh(test_input), y)
+
+
 def test_snntorch_utils_reset(converted, test_input):
     import snntorch.utils
 
