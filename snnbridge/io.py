@@ -103,6 +103,7 @@ def save(snn: SpikingModel, path: str | os.PathLike, *, metadata: dict[str, Any]
         "backend": snn.backend,
         "timesteps": snn.timesteps,
         "warmup": snn.warmup,
+        "lookahead": getattr(snn, "lookahead", 0),
         "steps_run": snn.steps_run,
         "metadata": dict(metadata or {}),
         "snn": snn,
