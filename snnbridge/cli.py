@@ -1,0 +1,957 @@
+"""The ``snnbridge`` command line: list plugins, convert an ANN, evaluate an SNN.
+
+    snnbridge plugins [--json] [--all] [NAME ...]
+    snnbridge convert --config recipe.yaml --model module:factory [--checkpoint ann.pt] --data DATA --out snn.pt
+    snnbridge evaluate --snn snn.pt --data DATA [--timesteps 1,2,4,8,16,32] [--json out.json] [--plot out.png]
+
+Every user error (missing file, bad config, unknown plugin or option, ...) prints
+``snnbridge: error: <message>`` to stderr and exits with status 2; ``--debug`` shows the
+traceback instead. ``main(argv)`` returns the exit status (used by the console script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "snnbridge"
+
+#: hook name -> short stage name, in pipeline order (discovery hooks are not stages)
+STAGES = {
+    "snnbridge_claim_module": "claim",
+    "snnbridge_replace_activation": "activation",
+    "snnbridge_estimate_threshold": "threshold",
+    "snnbridge_configure_neuron": "configure",
+    "snnbridge_make_neuron": "backend",
+    "snnbridge_correct_error": "correct",
+    "snnbridge_training_loss": "loss",
+    "snnbridge_surrogate": "surrogate",
+}
+_DISCOVERY_HOOKS = {"snnbridge_plugin_info", "snnbridge_add_options"}
+_KIND_TITLES = {"method": "Methods", "backend": "Backends", "training": "Training-side plugins"}
+_CONFIG_EXTRAS = {"model", "checkpoint", "data"}
+
+
+class CliError(Exception):
+    """A user error found by the command line itself (bad argument, missing file, ...)."""
+
+
+# =============================================================================================
+# argument parsing
+# =============================================================================================
+
+_DESCRIPTION = """\
+Convert trained PyTorch ANNs into spiking neural networks (SNNs) of real neurons.
+
+examples:
+  # which conversion methods and neuron backends are installed, with their options
+  snnbridge plugins
+
+  # convert: build the ANN with module:factory, load its weights, calibrate on 512 random
+  # training images, and save the SNN
+  snnbridge convert --config recipe.yaml --model examples.cifar10.model:make_model \\
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --out snn.pt
+
+  # accuracy vs number of time steps T (one simulation per batch), with a JSON and a plot
+  snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 \\
+      --timesteps 1,2,4,8,16,32 --json acc.json --plot acc.png
+"""
+
+_EPILOG = """\
+Recipes name plugins: run `snnbridge plugins` to see the installed methods and backends and the
+options each takes, and `snnbridge <command> --help` for a command's flags. A recipe file
+(YAML or TOML):
+
+  recipe:
+    - robustnorm: {percentile: 99.9}
+  backend: torch            # or {name: spikingjelly, ...backend options}
+  timesteps: 32
+"""
+
+_PLUGINS_HELP = """\
+List the installed plugins (entry-point group 'snnbridge'): name, distribution and version,
+kind, the pipeline stages each implements, its summary and its options.
+
+examples:
+  snnbridge plugins                 # compact list
+  snnbridge plugins --all           # with references, capabilities and option ranges
+  snnbridge plugins robustnorm      # one plugin
+  snnbridge plugins --json          # machine-readable
+"""
+
+_CONVERT_HELP = """\
+Convert an ANN into an SNN with a recipe file and save it (snnbridge.save format).
+
+The ANN is built by importing MODULE and calling FACTORY() (the current directory is
+importable; MODULE may also be a path to a .py file), then its weights are loaded from
+--checkpoint (a state_dict, or a dict with a 'model' or 'state_dict' entry). Calibration
+images are a seeded random sample from --data: an image folder (<class>/<image>) or a
+.tar/.tar.gz of one; a train/ split is used when there is one. Flags override the config.
+
+example:
+  snnbridge convert --config recipe.yaml --model examples.cifar10.model:make_model \\
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --calib-samples 512 --out snn.pt
+"""
+
+_EVALUATE_HELP = """\
+Accuracy vs number of time steps T on an image folder. One simulation per batch at the
+largest T gives the accuracy at every requested T (the running mean of the output). The
+SNN comes from --snn (saved by `snnbridge convert`), or is converted on the fly from
+--config/--model/--checkpoint (calibrating on the train split of --data). When the ANN is
+given (--model), its accuracy is shown too. 'steps run' counts the uncounted warm-up steps
+some methods simulate before the T counted ones.
+
+examples:
+  snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 --plot acc.png
+  snnbridge evaluate --config recipe.yaml --model examples.cifar10.model:make_model \\
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 1,2,4,8,16,32 --json acc.json
+"""
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image preprocessing (defaults: the SNN file's or config's values, else CIFAR-10)")
+    g.add_argument("--image-size", type=int, metavar="PIXELS", help="resize images to PIXELS x PIXELS")
+    g.add_argument("--mean", type=_floats, metavar="M1,M2,M3", help="per-channel mean (one value for grey-scale)")
+    g.add_argument("--std", type=_floats, metavar="S1,S2,S3", help="per-channel standard deviation")
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--config", metavar="RECIPE", required=required,
+                   help="recipe file (.yaml, .yml or .toml)" + ("" if required else "; convert on the fly instead of --snn"))
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="build the ANN by calling FACTORY() from MODULE, e.g. examples.cifar10.model:make_model "
+                        "(may also be given as 'model:' in the config)")
+    p.add_argument("--checkpoint", metavar="FILE", help="ANN weights: a state_dict or a dict with a 'model'/'state_dict' "
+                   "entry")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint holding arbitrary Python objects (full pickle: only for files you trust)")
+
+
+def _add_conversion_options(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
+    g = p.add_argument_group("conversion (override the config)" + (" with --config" if evaluate else ""))
+    g.add_argument("--backend", metavar="NAME", help="neuron backend (see `snnbridge plugins`)")
+    flags = ("--convert-timesteps",) if evaluate else ("--timesteps", "-T")
+    g.add_argument(*flags, dest="conv_timesteps", type=_positive_int, metavar="T",
+                   help="counted simulation steps T the SNN is converted for")
+    g.add_argument("--calib-samples", type=_positive_int, default=512, metavar="N",
+                   help="calibration images drawn at random from --data (default: 512)")
+    g.add_argument("--calib-split", default="train", metavar="SPLIT",
+                   help="split folder used for calibration when --data has one (default: train)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    p = sub.add_parser("plugins", help="list installed methods and backends with their options",
+                       description=_PLUGINS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="NAME", help="show only these plugins")
+    p.add_argument("--json", action="store_true", help="print a JSON list (all details)")
+    p.add_argument("--all", action="store_true", help="show every detail: reference, capabilities, option ranges")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("convert", help="convert an ANN into an SNN with a recipe and save it",
+                       description=_CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_options(p, required=True)
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="where to save the SNN (e.g. snn.pt)")
+    p.add_argument("--data", metavar="PATH", help="calibration images: image folder or .tar.gz (may also be given as "
+                   "'data:' in the config)")
+    p.add_argument("--input-shape", type=_ints, metavar="C,H,W",
+                   help="input shape without batch, when the recipe needs no data and --data is not given")
+    _add_conversion_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed for model construction and sampling (default: 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="calibration batch size "
+                   "(default: 128)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto = cuda if available)")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every site's neuron parameters")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("evaluate", help="accuracy vs number of time steps T on an image folder",
+                       description=_EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snn", metavar="FILE", help="an SNN saved by `snnbridge convert`")
+    _add_model_options(p, required=False)
+    p.add_argument("--data", metavar="PATH", help="image folder or .tar.gz (uses its --split folder when it has one)")
+    p.add_argument("--split", default="test", help="split folder to evaluate on (default: test)")
+    p.add_argument("--samples", type=_positive_int, metavar="N", help="evaluate on N images drawn at random "
+                   "(default: all)")
+    p.add_argument("--timesteps", "-T", type=_int_list, metavar="T1,T2,...",
+                   help="time steps to report (default: 1,2,4,... up to the SNN's T); one run at the largest")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
+    p.add_argument("--plot", metavar="FILE", help="write a plot of accuracy vs T (PNG, PDF or SVG)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and model construction (default: 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_conversion_options(p, evaluate=True)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.5,0.5, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 3,32,32, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    return sorted(set(_ints(text)))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+# =============================================================================================
+# entry point
+# =============================================================================================
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .errors import SnnbridgeError
+
+    try:
+        return int(args.func(args) or 0)
+    except (SnnbridgeError, CliError) as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+# =============================================================================================
+# snnbridge plugins
+# =============================================================================================
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def plugin_records(names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """A JSON-friendly description of installed plugins (what `snnbridge plugins --json` prints)."""
+    from .plugin_manager import get_registry
+
+    reg = get_registry()
+    for n in names:
+        reg.require(n)
+    out = []
+    for name in (names or reg.names()):
+        info = reg.info(name)
+        dist, version = reg.distribution(name)
+        hooks = reg.hooks_of(name)
+        stages = [STAGES[h] for h in STAGES if h in hooks]
+        stages += [h.removeprefix("snnbridge_") for h in hooks if h not in STAGES and h not in _DISCOVERY_HOOKS]
+        options = []
+        for o in reg.options(name):
+            options.append({"name": o.name, "type": o.type_name(), "default": _json_value(o.default), "help": o.help,
+                            "choices": None if o.choices is None else [_json_value(c) for c in o.choices],
+                            "range": o.check_help or None, "required": o.required, "nullable": o.nullable})
+        out.append({"name": name, "kind": info.kind, "distribution": dist, "version": version, "stages": stages,
+                    "hooks": hooks, "summary": info.summary, "reference": info.reference,
+                    "provides": list(info.provides), "fallback": list(info.fallback), "requires": list(info.requires),
+                    "conflicts": list(info.conflicts), "after": list(info.after), "needs_data": info.needs_data,
+                    "options": options})
+    order = {"method": 0, "backend": 1, "training": 2}
+    out.sort(key=lambda r: (order.get(r["kind"], 3), r["name"]))
+    return out
+
+
+def _fmt_default(value: Any) -> str:
+    return json.dumps(value) if _json_value(value) is value else repr(value)
+
+
+def cmd_plugins(args) -> int:
+    records = plugin_records(args.names)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    width = max(60, min(110, shutil.get_terminal_size((100, 20)).columns))
+    from . import __version__
+
+    if not args.names:
+        _say(f"snnbridge {__version__}: {len(records)} plugins installed (entry-point group 'snnbridge')")
+    kind = None
+    for r in records:
+        if r["kind"] != kind:
+            kind = r["kind"]
+            _say(f"\n{_KIND_TITLES.get(kind, kind)}:")
+        origin = r["distribution"] + (f" {r['version']}" if r["version"] else "")
+        flags = "  [needs data]" if r["needs_data"] else ""
+        _say(f"  {r['name']:<14} {origin:<22} stages: {', '.join(r['stages']) or '-'}{flags}")
+        for line in textwrap.wrap(r["summary"], width - 6) or ["(no summary)"]:
+            _say(f"      {line}")
+        if args.all:
+            if r["reference"]:
+                for i, line in enumerate(textwrap.wrap(r["reference"], width - 17, break_on_hyphens=False)):
+                    _say(f"      {'reference: ' if i == 0 else ' ' * 11}{line}")
+            caps = [f"{k} {', '.join(r[k])}" for k in ("provides", "fallback", "requires", "conflicts", "after") if r[k]]
+            if caps:
+                _say(f"      capabilities: {'; '.join(caps)}")
+        if not r["options"]:
+            _say("      options: none")
+            continue
+        _say("      options:")
+        name_w = max(len(o["name"]) for o in r["options"])
+        type_w = max(len(o["type"]) for o in r["options"])
+        defaults = ["(required)" if o["required"] else "= " + _fmt_default(o["default"]) for o in r["options"]]
+        default_w = max(map(len, defaults))
+        for o, default in zip(r["options"], defaults):
+            head = f"        {o['name']:<{name_w}}  {o['type']:<{type_w}}  {default:<{default_w}}  "
+            avail = max(30, width - len(head))
+            lines = textwrap.wrap(o["help"], avail) or [""]
+            extras = []
+            if args.all and o["range"]:
+                extras.append(f"[{o['range']}]")
+            if args.all and o["choices"]:
+                extras.append(f"[one of {', '.join(map(str, o['choices']))}]")
+            for extra in extras:  # kept whole, on the last line if it fits
+                if not lines[-1]:
+                    lines[-1] = extra
+                elif len(lines[-1]) + 1 + len(extra) <= avail:
+                    lines[-1] += " " + extra
+                else:
+                    lines.append(extra)
+            _say(head + lines[0])
+            for line in lines[1:]:
+                _say(" " * len(head) + line)
+    if not args.names:
+        _say("\nUse a method in a recipe by name, with options: recipe: [{robustnorm: {percentile: 99.9}}];\n"
+             "a backend with --backend NAME or `backend: {name: NAME, ...options}` in the config.")
+    return 0
+
+
+# =============================================================================================
+# model, checkpoint, config
+# =============================================================================================
+
+
+def load_model(spec: str):
+    """Build the ANN from ``module:factory`` (``module`` may be a dotted name or a path to a .py file)."""
+    from torch import nn
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"--model must look like MODULE:FACTORY (e.g. examples.cifar10.model:make_model), got {spec!r}.")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise CliError(f"--model {spec}: the file {module_name!r} does not exist.")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[path.stem] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise CliError(f"--model {spec}: running {module_name} failed: {type(exc).__name__}: {exc} "
+                           "(--debug shows the traceback)") from exc
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing and (module_name == missing or module_name.startswith(missing + ".")):
+                raise CliError(
+                    f"--model {spec}: cannot import module {module_name!r} (no module named {missing!r}). Run "
+                    f"snnbridge from the folder that contains it (the current directory, {cwd}, is importable), "
+                    f"add its folder to PYTHONPATH, or give the file path (path/to/file.py:{attr}).") from exc
+            raise CliError(f"--model {spec}: importing {module_name!r} failed because it needs the module "
+                           f"{missing!r}, which is not installed.") from exc
+        except Exception as exc:
+            raise CliError(f"--model {spec}: importing {module_name!r} failed: {type(exc).__name__}: {exc} "
+                           "(--debug shows the traceback)") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            from .errors import did_you_mean
+
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
+            raise CliError(f"--model {spec}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}."
+                           f"{did_you_mean(part, names)} Callables there: {', '.join(names[:12]) or 'none'}.")
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif callable(obj):
+        try:
+            required = [p.name for p in inspect.signature(obj).parameters.values()
+                        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        except (TypeError, ValueError):  # no signature (some builtins): just call it
+            required = []
+        if required:
+            raise CliError(f"--model {spec}: {attr}() needs the argument(s) {', '.join(required)}; the factory must "
+                           "work without arguments: wrap it in a small function with your settings.")
+        model = obj()
+    else:
+        raise CliError(f"--model {spec}: {attr!r} is of type {type(obj).__name__}, not a function returning a model.")
+    if not isinstance(model, nn.Module):
+        raise CliError(f"--model {spec}: {attr}() returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+_STATE_KEYS = ("model", "state_dict", "model_state_dict", "net", "weights")
+
+
+def load_checkpoint(model, path: str, trust: bool = False) -> None:
+    """Load weights into ``model`` from a state_dict file (or a dict holding one); errors say what does not fit."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"checkpoint {path!r} does not exist; give the file saved with torch.save(model.state_dict(), "
+                       "...) (or drop --checkpoint to convert the untrained model).")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        raise CliError(f"checkpoint {path!r} holds Python objects besides tensors, which the safe loader refuses "
+                       f"({str(exc).splitlines()[0]}). Save a plain state_dict, or pass --trust-checkpoint if you "
+                       "trust the file.") from exc
+    except Exception as exc:
+        raise CliError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        for key in _STATE_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+            if key in obj and isinstance(obj[key], torch.nn.Module):
+                obj = obj[key].state_dict()
+                break
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        what = f"a dict with keys {', '.join(sorted(map(str, obj))[:8])}" if isinstance(obj, dict) else type(obj).__name__
+        raise CliError(f"checkpoint {path!r} is not a state_dict (it holds {what}); save model.state_dict(), or a "
+                       f"dict with the state_dict under one of {', '.join(_STATE_KEYS)}.")
+    own = model.state_dict()
+    if obj and not any(k in own for k in obj) and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DataParallel
+    missing = [k for k in own if k not in obj]
+    unexpected = [k for k in obj if k not in own]
+    shapes = [f"{k} (checkpoint {tuple(obj[k].shape)}, model {tuple(own[k].shape)})" for k in own
+              if k in obj and hasattr(obj[k], "shape") and tuple(obj[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing in the checkpoint: {_few(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {_few(unexpected)}")
+        if shapes:
+            parts.append(f"different shapes: {_few(shapes)}")
+        raise CliError(f"checkpoint {path!r} does not fit the model ({'; '.join(parts)}). Check that --model builds "
+                       "the architecture the checkpoint was trained with (same width, depth and number of classes).")
+    model.load_state_dict(obj)
+
+
+def _is_state_dict(obj: dict) -> bool:
+    import torch
+
+    return bool(obj) and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+class _Setup:
+    """Model, recipe and data settings from the config file and the flags (flags win)."""
+
+    def __init__(self, args):
+        from .recipe import load_config
+
+        self.config_path = args.config
+        self.cfg = load_config(args.config) if args.config else None
+        extra = dict(self.cfg.extra) if self.cfg else {}
+        for key in extra:
+            if key not in _CONFIG_EXTRAS:
+                from .errors import did_you_mean
+
+                _warn(f"{args.config}: the key {key!r} is not used.{did_you_mean(key, ['recipe', 'backend', 'timesteps', *_CONFIG_EXTRAS])}")
+        self.model_spec = args.model or _config_str(extra, "model", args.config)
+        self.checkpoint = args.checkpoint or _config_str(extra, "checkpoint", args.config)
+        data = extra.get("data")
+        data_cfg: dict[str, Any] = {}
+        if isinstance(data, str):
+            data_cfg = {"path": data}
+        elif isinstance(data, dict):
+            unknown = set(data) - {"path", "image_size", "mean", "std"}
+            if unknown:
+                raise CliError(f"{args.config}: 'data' takes path, image_size, mean and std; unknown: "
+                               f"{', '.join(sorted(unknown))}.")
+            data_cfg = dict(data)
+        elif data is not None:
+            raise CliError(f"{args.config}: 'data' must be a path or a mapping with path, image_size, mean, std.")
+        self.data_path = getattr(args, "data", None) or data_cfg.get("path")
+        self.norm = {k: data_cfg[k] for k in ("image_size", "mean", "std") if data_cfg.get(k) is not None}
+        if self.cfg:
+            self.backend = args.backend or self.cfg.backend
+            self.backend_options = self.cfg.backend_options if self.backend == self.cfg.backend else {}
+            if args.backend and args.backend != self.cfg.backend and self.cfg.backend_options:
+                _warn(f"--backend {args.backend} replaces the config's backend {self.cfg.backend!r}; its options "
+                      f"({', '.join(self.cfg.backend_options)}) are not used.")
+            self.timesteps = args.conv_timesteps or self.cfg.timesteps
+        else:
+            self.backend, self.backend_options, self.timesteps = args.backend or "torch", {}, args.conv_timesteps or 32
+
+
+def _config_str(extra: dict, key: str, source: str | None) -> str | None:
+    value = extra.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CliError(f"{source}: {key!r} must be a string, got {value!r}.")
+    return value
+
+
+def _data_settings(args, *layers: dict) -> dict[str, Any]:
+    """image_size / mean / std: flags, then the given layers (config, saved SNN), then CIFAR-10 defaults."""
+    from .data import CIFAR10_MEAN, CIFAR10_STD
+
+    out: dict[str, Any] = {"image_size": None, "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+    for layer in reversed(layers):
+        out.update({k: v for k, v in (layer or {}).items() if k in out and v is not None})
+    for key in out:
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    out["mean"] = [float(v) for v in out["mean"]]
+    out["std"] = [float(v) for v in out["std"]]
+    return out
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise CliError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps ...).") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available here; use --device cpu.")
+    return dev
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# =============================================================================================
+# conversion (shared by convert and evaluate --config)
+# =============================================================================================
+
+
+def _convert(args, setup: _Setup, device, progress: bool):
+    """Build, load, calibrate and convert; return (snn, ann, metadata, calibration description)."""
+    import torch
+
+    from .convert import convert
+    from .data import open_image_folder
+    from .plugin_manager import get_registry
+    from .recipe import build_recipe
+    from .options import resolve_options
+
+    if setup.cfg is None:
+        raise CliError("give --config RECIPE (a .yaml or .toml recipe file) to convert.")
+    if not setup.model_spec:
+        raise CliError("give --model MODULE:FACTORY (or 'model:' in the config) to say how to build the ANN.")
+    recipe = build_recipe(setup.cfg.recipe)           # validate everything before any work
+    reg = get_registry()
+    reg.require(setup.backend, kind="backend")
+    if reg.info(setup.backend).kind != "backend":
+        raise CliError(f"{setup.backend!r} is a method plugin, not a neuron backend; choose one of "
+                       f"{', '.join(reg.names('backend'))}.")
+    resolve_options(setup.backend, reg.options(setup.backend), setup.backend_options)
+    needing = [s.name for s in recipe.steps if s.info.needs_data]
+    if needing and not setup.data_path:
+        raise CliError(f"the recipe's plugin {needing[0]!r} needs calibration images: add --data PATH (an image folder "
+                       "or .tar.gz, with a train/ split or <class>/<image> files).")
+    if setup.checkpoint and not Path(setup.checkpoint).is_file():
+        raise CliError(f"checkpoint {setup.checkpoint!r} does not exist; give the file saved with "
+                       "torch.save(model.state_dict(), ...).")
+
+    torch.manual_seed(args.seed)
+    ann = load_model(setup.model_spec)
+    if setup.checkpoint:
+        load_checkpoint(ann, setup.checkpoint, trust=args.trust_checkpoint)
+    ann.eval().to(device)
+    norm = _data_settings(args, setup.norm)
+
+    calibration = None
+    example = None
+    calib_desc = None
+    classes = None
+    if setup.data_path:
+        data = open_image_folder(setup.data_path, args.calib_split, **norm)
+        classes = data.classes
+        indices = data.sample(args.calib_samples, seed=args.seed)
+        calibration = [x for x, _ in data.batches(indices, args.batch_size)]
+        calib_desc = {"path": str(setup.data_path), "split": data.split, "samples": len(indices), "seed": args.seed,
+                      "images_available": len(data)}
+    elif getattr(args, "input_shape", None):
+        example = torch.zeros(1, *args.input_shape, device=device)
+    else:
+        raise CliError("give --data PATH (images to learn the input shape from) or --input-shape C,H,W.")
+
+    try:
+        snn = convert(ann, recipe, calibration=calibration, backend=setup.backend, timesteps=setup.timesteps,
+                      backend_options=setup.backend_options, example_input=example, progress=progress, seed=args.seed)
+    except RuntimeError as exc:
+        shape = tuple(calibration[0].shape) if calibration else tuple(example.shape)
+        raise CliError(f"the model failed on inputs shaped {list(shape)}: {_first_line(exc)}. Check that the data "
+                       "(--image-size, --mean/--std, grey-scale or RGB) matches what the model was trained on; "
+                       "--debug shows the traceback.") from exc
+    metadata = {"model": setup.model_spec, "checkpoint": setup.checkpoint, "config": setup.config_path,
+                "data": norm, "classes": classes, "calibration": calib_desc}
+    return snn, ann, metadata
+
+
+def _steps_for(snn, T: int) -> int:
+    """Steps actually simulated for T counted ones (pre-simulation included)."""
+    if hasattr(snn, "steps_for"):
+        return int(snn.steps_for(T))
+    return int(snn.steps_run - snn.timesteps + T)
+
+
+def _presim_text(snn) -> str:
+    """'' or a description of the uncounted pre-simulation steps."""
+    parts = []
+    if snn.warmup:
+        parts.append(f"+{snn.warmup} uncounted network warm-up steps")
+    lookahead = getattr(snn, "lookahead", 0)
+    if lookahead:
+        parts.append(f"+{lookahead} uncounted per-layer look-ahead steps")
+    return ", ".join(parts)
+
+
+def _thresholds(snn) -> list[float]:
+    out = []
+    for spec in snn.specs.values():
+        th = spec.threshold
+        out.append(th if isinstance(th, float) else float(th.mean()))
+    return out
+
+
+def _recipe_text(recipe: list) -> str:
+    parts = []
+    for entry in recipe:
+        if isinstance(entry, dict):
+            for name, opts in entry.items():
+                parts.append(name + (" {" + ", ".join(f"{k}: {_fmt_default(v)}" for k, v in (opts or {}).items()) + "}"
+                                     if opts else ""))
+        else:
+            parts.append(str(entry))
+    return ", ".join(parts)
+
+
+def _print_report(snn, seconds: float | None, calib: dict | None, verbose: bool) -> None:
+    specs = snn.specs
+    report = snn.report or {}
+    _say(f"recipe:      {_recipe_text(snn.recipe)}")
+    _say(f"backend:     {snn.backend}")
+    sites = list(specs)
+    shown = ", ".join(sites[:6]) + (f", ... ({len(sites) - 6} more)" if len(sites) > 6 else "")
+    _say(f"sites:       {len(sites)} ({shown})")
+    ths = sorted(_thresholds(snn))
+    if ths:
+        per_channel = sum(1 for s in specs.values() if s.per_channel)
+        kind = "layer-wise" if not per_channel else (f"{per_channel} of {len(ths)} per-channel (channel means)")
+        _say(f"thresholds:  min {ths[0]:.4g}, median {ths[len(ths) // 2]:.4g}, max {ths[-1]:.4g} ({kind})")
+    shifted = [n for n, s in specs.items() if not (isinstance(s.v0, float) and s.v0 == 0.0)]
+    biased = [n for n, s in specs.items() if s.step_bias is not None]
+    if shifted or biased:
+        _say(f"neurons:     initial potential set at {len(shifted)} site(s), per-step bias at {len(biased)} site(s)")
+    _say(f"time steps:  T = {snn.timesteps} counted, {snn.steps_run} steps run per input"
+         + (f" ({_presim_text(snn)})" if snn.steps_run != snn.timesteps else ""))
+    if calib:
+        split = f"/{calib['split']}" if calib.get("split") else ""
+        _say(f"calibration: {calib['samples']} of {calib['images_available']} images from {calib['path']}{split} "
+             f"(random sample, seed {calib['seed']})")
+    if seconds is not None:
+        conv = report.get("conversion_seconds")
+        _say(f"time:        {conv if conv is not None else seconds:.2f} s conversion"
+             + (f", {seconds:.2f} s in total" if conv is not None else ""))
+    for note in report.get("notes") or []:
+        _say(f"note:        {note}")
+    if verbose:
+        _say("\n  site                      kind       shape              threshold       v0")
+        for name, spec in specs.items():
+            site = snn.sites[name]
+            d = spec.describe()
+            th = d["threshold"] if isinstance(d["threshold"], float) else d["threshold"]["mean"]
+            v0 = d["v0"] if isinstance(d["v0"], float) else d["v0"]["mean"]
+            shape = "x".join(map(str, site.info.shape)) if site.info.shape else "?"
+            _say(f"  {name:<25} {site.info.kind:<10} {shape:<18} {th:<10.4g}{'*' if spec.per_channel else ' '}     "
+                 f"{v0:.4g}")
+
+
+def cmd_convert(args) -> int:
+    from .io import save
+
+    started = time.perf_counter()
+    setup = _Setup(args)
+    out = Path(args.out)
+    if out.is_dir():
+        raise CliError(f"--out {args.out!r} is a folder; give a file name such as {args.out.rstrip('/')}/snn.pt.")
+    device = _device(args.device)
+    snn, _, metadata = _convert(args, setup, device, _progress(args))
+    _print_report(snn, time.perf_counter() - started, metadata["calibration"], args.verbose)
+    snn.to("cpu")
+    save(snn, out, metadata=metadata)
+    _say(f"saved:       {out} ({out.stat().st_size / 1024:.1f} KiB); evaluate it with "
+         f"`snnbridge evaluate --snn {out} --data ...`")
+    return 0
+
+
+# =============================================================================================
+# snnbridge evaluate
+# =============================================================================================
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .data import open_image_folder
+    from .io import load
+
+    started = time.perf_counter()
+    if args.snn and args.config:
+        raise CliError("give either --snn FILE (a converted SNN) or --config/--model (convert now), not both.")
+    if not args.snn and not args.config:
+        raise CliError("give --snn FILE (from `snnbridge convert`) or --config RECIPE --model MODULE:FACTORY.")
+    device = _device(args.device)
+    progress = _progress(args)
+    setup = _Setup(args)
+    if not setup.data_path:
+        raise CliError("give --data PATH: the image folder or .tar.gz to evaluate on.")
+
+    ann = None
+    saved_norm: dict = {}
+    classes = None
+    if args.snn:
+        ignored = [flag for flag, value in (("--backend", args.backend), ("--convert-timesteps", args.conv_timesteps))
+                   if value]
+        if ignored:
+            _warn(f"{', '.join(ignored)} only apply when converting (--config); the saved SNN is used as it is.")
+        snn, info = load(args.snn, with_info=True)
+        meta = info.get("metadata") or {}
+        saved_norm = meta.get("data") or {}
+        classes = meta.get("classes")
+        if setup.model_spec:  # the ANN, for comparison
+            if setup.checkpoint and not Path(setup.checkpoint).is_file():
+                raise CliError(f"checkpoint {setup.checkpoint!r} does not exist.")
+            torch.manual_seed(args.seed)
+            ann = load_model(setup.model_spec)
+            if setup.checkpoint:
+                load_checkpoint(ann, setup.checkpoint, trust=args.trust_checkpoint)
+            ann.eval()
+        source = str(args.snn)
+    else:
+        snn, ann, meta = _convert(args, setup, device, progress)
+        saved_norm = meta["data"]
+        classes = meta["classes"]
+        source = f"{setup.model_spec} converted with {setup.config_path}"
+    snn.to(device).eval()
+    if ann is not None:
+        ann.to(device).eval()
+    norm = _data_settings(args, setup.norm, saved_norm)
+    data = open_image_folder(setup.data_path, args.split, **norm)
+    if args.split and data.split != args.split:
+        _warn(f"{setup.data_path} has no {args.split!r} folder; evaluating on all its images.")
+    if classes and list(classes) != data.classes:
+        _warn(f"the evaluation classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
+              f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
+    steps = args.timesteps or _default_steps(snn.timesteps)
+    t_max = max(steps)
+    indices = data.sample(args.samples, seed=args.seed)
+    correct = torch.zeros(t_max, dtype=torch.long)
+    ann_correct = 0
+    seen = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress, leave=False)
+    try:
+        with torch.no_grad():
+            for x, y in data.batches(indices, args.batch_size):
+                x, y = x.to(device), y.to(device)
+                try:
+                    curve = snn.sweep(x, timesteps=t_max)          # [T, B, K]: output after 1..T steps
+                    if ann is not None:
+                        ann_correct += int((ann(x).argmax(-1) == y).sum())
+                except RuntimeError as exc:
+                    raise CliError(f"the model failed on images shaped {list(x.shape)}: {_first_line(exc)}. Check "
+                                   "--image-size, --mean/--std and the data; --debug shows the traceback.") from exc
+                if curve.dim() != 3:
+                    raise CliError(f"the SNN's output per step is shaped {list(curve.shape[1:])}; evaluate needs "
+                                   "class scores [B, classes].")
+                correct += (curve.argmax(-1) == y.unsqueeze(0)).sum(1).cpu()
+                seen += y.shape[0]
+                bar.update(y.shape[0])
+    finally:
+        bar.close()
+    acc = (correct.double() / max(seen, 1)).tolist()
+    results = [{"T": t, "steps_run": _steps_for(snn, t), "accuracy": acc[t - 1]} for t in steps]
+    ann_acc = ann_correct / max(seen, 1) if ann is not None else None
+    seconds = time.perf_counter() - started
+    summary = {
+        "snn": source, "recipe": snn.recipe, "backend": snn.backend, "snn_timesteps": snn.timesteps,
+        "warmup": snn.warmup, "lookahead": getattr(snn, "lookahead", 0), "presimulation": _presim_text(snn),
+        "data": str(setup.data_path), "split": data.split, "samples": seen,
+        "images_available": len(data), "seed": args.seed, "ann_accuracy": ann_acc, "results": results,
+        "timesteps": [r["T"] for r in results], "steps_run": [r["steps_run"] for r in results],
+        "accuracy": [r["accuracy"] for r in results], "seconds": round(seconds, 3),
+    }
+    from . import __version__
+
+    summary["snnbridge_version"] = __version__
+    if args.json == "-":  # keep stdout pure JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            _print_table(summary)
+    else:
+        _print_table(summary)
+    if args.json:
+        text = json.dumps(summary, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            _write(args.json, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
+            _say(f"wrote {args.json}")
+    if args.plot:
+        _write(args.plot, lambda p: _plot(summary, p))
+        _say(f"wrote {args.plot}")
+    return 0
+
+
+def _default_steps(T: int) -> list[int]:
+    steps = [2 ** k for k in range(int(math.log2(T)) + 1)]
+    return sorted(set(steps + [T]))
+
+
+def _write(path: str, writer) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer(path)
+    except OSError as exc:
+        raise CliError(f"cannot write {path!r}: {exc.strerror or exc}.") from exc
+
+
+def _print_table(s: dict) -> None:
+    split = f"/{s['split']}" if s["split"] else ""
+    _say(f"SNN:   {s['snn']}")
+    _say(f"       recipe {_recipe_text(s['recipe'])}; backend {s['backend']}; converted for T = {s['snn_timesteps']}"
+         + (f"; {s['presimulation']}" if s["presimulation"] else ""))
+    _say(f"data:  {s['samples']} of {s['images_available']} images from {s['data']}{split}"
+         + (f" (random sample, seed {s['seed']})" if s["samples"] < s["images_available"] else ""))
+    if s["ann_accuracy"] is not None:
+        _say(f"ANN accuracy: {100 * s['ann_accuracy']:.2f} %")
+    _say("")
+    gap = s["ann_accuracy"] is not None
+    _say(f"{'T':>6}  {'steps run':>9}  {'SNN accuracy':>12}" + ("  vs ANN" if gap else ""))
+    for r in s["results"]:
+        line = f"{r['T']:>6}  {r['steps_run']:>9}  {100 * r['accuracy']:>10.2f} %"
+        if gap:
+            line += f"  {100 * (r['accuracy'] - s['ann_accuracy']):+6.2f}"
+        _say(line)
+    _say(f"\n({s['seconds']:.1f} s; one simulation of {max(s['steps_run'])} steps per batch)")
+
+
+def _plot(s: dict, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ts = s["timesteps"]
+    ax.plot(ts, [100 * a for a in s["accuracy"]], marker="o", label=f"SNN ({s['backend']})")
+    if s["ann_accuracy"] is not None:
+        ax.axhline(100 * s["ann_accuracy"], color="gray", linestyle="--", label="ANN")
+    if len(ts) > 1 and max(ts) / min(ts) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ts)
+    ax.set_xticklabels([str(t) for t in ts])
+    ax.set_xlabel("counted time steps T" + (f" ({s['presimulation']})" if s["presimulation"] else ""))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(textwrap.fill(_recipe_text(s["recipe"]), 80), fontsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
