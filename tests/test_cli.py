@@ -1,0 +1,304 @@
+"""The `snnbridge` command line (snnbridge/cli.py), its image-folder reader and snnbridge.save/load.
+
+Commands run in-process through ``main([...])`` (fast); one test runs the real process to
+check exit codes and stderr. Data is a tiny random image folder made in the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import snnbridge
+from snnbridge.cli import main
+from snnbridge.data import DataError, open_image_folder
+from snnbridge.io import SnnFileError
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+import _cli_models  # noqa: E402
+
+MODEL = "_cli_models:make_net"
+CLASSES = ("cat", "dog", "fox")
+
+
+def _write_images(root: Path, per_class: int, seed: int, size: int = 16) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for ci, c in enumerate(CLASSES):
+        d = root / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+            pixels[..., ci] = 255  # a class-dependent colour, so the data is not pure noise
+            Image.fromarray(pixels.numpy()).save(d / (f"{i:03d}.png" if i % 2 else f"{i:03d}.jpg"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """An image folder (train/ and test/ splits), a checkpoint of make_net, and recipe files."""
+    root = tmp_path_factory.mktemp("cli")
+    _write_images(root / "data" / "train", per_class=6, seed=0)
+    _write_images(root / "data" / "test", per_class=4, seed=1)
+    torch.manual_seed(0)
+    torch.save({"model": _cli_models.make_net().state_dict(), "epoch": 7}, root / "ann.pt")
+    (root / "recipe.yaml").write_text("recipe:\n  - robustnorm: {percentile: 99.5}\nbackend: torch\ntimesteps: 4\n")
+    (root / "recipe.toml").write_text('recipe = [{maxnorm = {channelwise = true}}]\ntimesteps = 6\n'
+                                      '[backend]\nname = "torch"\n')
+    return root
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# -- help and plugins ----------------------------------------------------------------------------
+
+
+def test_help_lists_commands_and_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("plugins", "convert", "evaluate", "snnbridge plugins", "--model", "examples:"):
+        assert word in out
+    for command in ("plugins", "convert", "evaluate"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "example" in capsys.readouterr().out
+
+
+def test_plugins_human_readable(capsys):
+    rc, out, _ = run_cli(capsys, "plugins")
+    assert rc == 0
+    for text in ("maxnorm", "robustnorm", "torch", "stages: threshold", "stages: backend", "percentile", "= 99.9",
+                 f"snnbridge {snnbridge.__version__}"):
+        assert text in out
+    rc, out, _ = run_cli(capsys, "plugins", "--all", "robustnorm")
+    assert rc == 0 and "0 < percentile <= 100" in out and "Rueckauer" in out and "maxnorm" not in out
+
+
+def test_plugins_json(capsys):
+    rc, out, _ = run_cli(capsys, "plugins", "--json")
+    assert rc == 0
+    records = {r["name"]: r for r in json.loads(out)}
+    assert {"maxnorm", "robustnorm", "torch"} <= set(records)
+    rn = records["robustnorm"]
+    assert rn["kind"] == "method" and rn["stages"] == ["threshold"] and rn["needs_data"] is True
+    assert (rn["distribution"], rn["version"]) == ("snnbridge", snnbridge.__version__)
+    perc = next(o for o in rn["options"] if o["name"] == "percentile")
+    assert perc["type"] == "float" and perc["default"] == 99.9 and perc["help"]
+    mom = next(o for o in records["maxnorm"]["options"] if o["name"] == "momentum")
+    assert mom["default"] is None and mom["nullable"] is True
+    assert records["torch"]["kind"] == "backend" and records["torch"]["stages"] == ["backend"]
+
+
+# -- convert and evaluate -------------------------------------------------------------------------
+
+
+def test_convert_yaml_then_evaluate(capsys, workdir, tmp_path):
+    out_file = tmp_path / "snn.pt"
+    rc, out, err = run_cli(capsys, "convert", "--config", workdir / "recipe.yaml", "--model", MODEL, "--checkpoint",
+                           workdir / "ann.pt", "--data", workdir / "data", "--out", out_file, "--device", "cpu", "-v")
+    assert rc == 0, err
+    assert "sites:       2" in out and "thresholds:" in out and "T = 4 counted, 4 steps run" in out
+    assert "18 of 18 images" in out and "saved:" in out and out_file.is_file()
+
+    snn, info = snnbridge.load(out_file, with_info=True)
+    assert isinstance(snn, snnbridge.SpikingModel)
+    assert info["recipe"][0]["robustnorm"]["percentile"] == 99.5
+    assert (info["backend"], info["timesteps"], info["snnbridge_version"]) == ("torch", 4, snnbridge.__version__)
+    meta = info["metadata"]
+    assert meta["model"] == MODEL and meta["classes"] == list(CLASSES)
+    assert meta["data"]["mean"] == pytest.approx(list(snnbridge.data.CIFAR10_MEAN))
+
+    json_file, plot_file = tmp_path / "acc.json", tmp_path / "acc.png"
+    rc, out, err = run_cli(capsys, "evaluate", "--snn", out_file, "--data", workdir / "data", "--model", MODEL,
+                           "--checkpoint", workdir / "ann.pt", "--timesteps", "1,2,8", "--json", json_file,
+                           "--plot", plot_file, "--batch-size", 5, "--device", "cpu")
+    assert rc == 0, err
+    assert "ANN accuracy" in out and "steps run" in out
+    result = json.loads(json_file.read_text())
+    assert result["timesteps"] == [1, 2, 8] and result["steps_run"] == [1, 2, 8]
+    assert result["samples"] == 12 and result["split"] == "test" and 0 <= result["ann_accuracy"] <= 1
+    assert plot_file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the accuracy read from one sweep equals a separate run of exactly T steps
+    data = open_image_folder(workdir / "data", "test")
+    x, y = data.load(range(len(data)))
+    with torch.no_grad():
+        for r in result["results"]:
+            expected = (snn(x, timesteps=r["T"]).argmax(-1) == y).double().mean().item()
+            assert r["accuracy"] == pytest.approx(expected)
+        ann = _cli_models.make_net()
+        ann.load_state_dict(torch.load(workdir / "ann.pt")["model"])
+        assert result["ann_accuracy"] == pytest.approx((ann.eval()(x).argmax(-1) == y).double().mean().item())
+
+
+def test_convert_toml_with_overrides_and_tar_archive(capsys, workdir, tmp_path):
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(workdir / "data", arcname="mini")
+    out_file = tmp_path / "sub" / "snn.pt"
+    rc, out, err = run_cli(capsys, "convert", "--config", workdir / "recipe.toml", "--model", MODEL, "--checkpoint",
+                           workdir / "ann.pt", "--data", archive, "--calib-samples", 5, "--timesteps", 3, "--out",
+                           out_file, "--seed", 3)
+    assert rc == 0, err
+    assert "5 of 18 images" in out and "T = 3 counted" in out and "per-channel" in out
+    snn, info = snnbridge.load(out_file, with_info=True)
+    assert info["timesteps"] == 3 and info["recipe"] == [{"maxnorm": {"channelwise": True, "momentum": None}}]
+    assert info["metadata"]["calibration"]["seed"] == 3
+
+    # evaluate straight from the recipe (converting on the fly), JSON on stdout
+    rc, out, err = run_cli(capsys, "evaluate", "--config", workdir / "recipe.yaml", "--model", MODEL, "--data",
+                           archive, "--samples", 7, "--json", "-")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["samples"] == 7 and result["timesteps"] == [1, 2, 4] and result["ann_accuracy"] is not None
+    assert "SNN accuracy" in err  # the table goes to stderr when stdout carries the JSON
+
+
+def test_model_from_current_directory_and_config_keys(capsys, workdir, tmp_path, monkeypatch):
+    (tmp_path / "cwd_nets_for_cli.py").write_text(
+        "from torch import nn\n\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5), nn.ReLU(), nn.Linear(5, 3))\n")
+    (tmp_path / "run.yaml").write_text(f"recipe: [maxnorm]\ntimesteps: 2\nmodel: cwd_nets_for_cli:make\n"
+                                       f"data: {{path: {workdir / 'data'}, image_size: 16}}\n")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(capsys, "convert", "--config", "run.yaml", "--out", "snn.pt")
+    assert rc == 0, err
+    assert (tmp_path / "snn.pt").is_file() and "sites:       1" in out
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+def _convert_args(workdir, tmp_path, **over):
+    args = {"--config": workdir / "recipe.yaml", "--model": MODEL, "--checkpoint": workdir / "ann.pt",
+            "--data": workdir / "data", "--out": tmp_path / "snn.pt"}
+    args.update(over)
+    return ["convert"] + [str(x) for kv in args.items() if kv[1] is not None for x in kv]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bad_yaml", "line 3"),
+    ("unknown_plugin", "Did you mean 'robustnorm'"),
+    ("unknown_option", "has no option 'percentil'"),
+    ("missing_checkpoint", "does not exist"),
+    ("wrong_checkpoint", "does not fit the model"),
+    ("missing_module", "cannot import module 'no_such_module_xyz'"),
+    ("missing_factory", "Did you mean 'make_net'"),
+    ("missing_data", "does not exist"),
+    ("no_data", "needs calibration images: add --data"),
+    ("unknown_backend", "Did you mean 'torch'"),
+    ("missing_config", "does not exist"),
+])
+def test_user_errors_exit_2_without_traceback(capsys, workdir, tmp_path, case, expected):
+    over = {}
+    if case == "bad_yaml":
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("recipe:\n  - robustnorm: {percentile: 99.5\nbackend: torch\n")
+        over["--config"] = bad
+    elif case in ("unknown_plugin", "unknown_option"):
+        cfg = tmp_path / "r.yaml"
+        cfg.write_text("recipe:\n  - robustnrm: {}\n" if case == "unknown_plugin" else
+                       "recipe:\n  - robustnorm: {percentil: 99}\n")
+        over["--config"] = cfg
+    elif case == "missing_checkpoint":
+        over["--checkpoint"] = tmp_path / "nope.pt"
+    elif case == "wrong_checkpoint":
+        over["--model"] = "_cli_models:make_wide_net"
+    elif case == "missing_module":
+        over["--model"] = "no_such_module_xyz:make"
+    elif case == "missing_factory":
+        over["--model"] = "_cli_models:make_nett"
+    elif case == "missing_data":
+        over["--data"] = tmp_path / "nodata"
+    elif case == "no_data":
+        over["--data"] = None
+    elif case == "unknown_backend":
+        over["--backend"] = "torhc"
+    elif case == "missing_config":
+        over["--config"] = tmp_path / "none.yaml"
+    rc, out, err = run_cli(capsys, *_convert_args(workdir, tmp_path, **over))
+    assert rc == 2
+    assert err.startswith("snnbridge: error: ") and expected in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "snn.pt").exists()
+
+
+def test_evaluate_errors(capsys, workdir, tmp_path):
+    rc, _, err = run_cli(capsys, "evaluate", "--snn", tmp_path / "none.pt", "--data", workdir / "data")
+    assert rc == 2 and "does not exist" in err
+    rc, _, err = run_cli(capsys, "evaluate", "--snn", workdir / "ann.pt", "--data", workdir / "data")
+    assert rc == 2 and "not an SNN saved by snnbridge" in err
+    rc, _, err = run_cli(capsys, "evaluate", "--data", workdir / "data")
+    assert rc == 2 and "--snn" in err
+
+
+def test_real_process_exit_code_and_stderr(workdir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "snnbridge", "convert", "--config", str(tmp_path / "missing.yaml"),
+                           "--model", MODEL, "--out", str(tmp_path / "o.pt")],
+                          capture_output=True, text=True, cwd=TESTS, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("snnbridge: error: ") and "Traceback" not in proc.stderr
+
+
+# -- the image-folder reader and save/load ---------------------------------------------------------------
+
+
+def test_image_folder_sampling_is_seeded_and_spans_classes(workdir):
+    data = open_image_folder(workdir / "data", "train")
+    assert data.classes == list(CLASSES) and len(data) == 18 and data.split == "train"
+    a, b = data.sample(6, seed=0), data.sample(6, seed=0)
+    assert a == b and a != list(range(6)) and data.sample(6, seed=1) != a
+    labels = {data.items[i][1] for i in a}
+    assert len(labels) > 1  # images are stored class by class: the first 6 would be one class
+    x, y = data.load(a)
+    assert x.shape == (6, 3, 16, 16) and y.tolist() == [data.items[i][1] for i in a]
+    flat = open_image_folder(workdir / "data" / "test")  # no split folder: <class>/<image> at the root
+    assert flat.split is None and len(flat) == 12
+    with pytest.raises(DataError, match="has no 'val' split"):
+        open_image_folder(workdir / "data", "val")
+
+
+def test_save_load_round_trip(small_resnet, calib_batches, test_input, tmp_path):
+    snn = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=5, progress=False)
+    path = snnbridge.save(snn, tmp_path / "a" / "snn.pt", metadata={"note": "x"})
+    loaded, info = snnbridge.load(path, with_info=True)
+    assert torch.equal(loaded.sweep(test_input), snn.sweep(test_input))
+    assert info["metadata"] == {"note": "x"} and info["steps_run"] == snn.steps_run == 5
+    # the original still works, and the loaded SNN can rebuild neurons with its backend
+    assert snn._factory is not None and torch.equal(snn(test_input), loaded(test_input))
+    name = next(iter(loaded.specs))
+    loaded.set_spec(name, loaded.specs[name].replace(v0=0.1))
+    assert loaded.specs[name].v0 == pytest.approx(0.1)
+    with pytest.raises(SnnFileError):
+        snnbridge.save(small_resnet, tmp_path / "ann.pt")
+
+
+def test_save_load_keeps_runtime_corrections(small_resnet, calib_batches, test_input, tmp_path):
+    snn = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=4, progress=False)
+    for site in snn.sites.values():
+        site.corrections.append(_cli_models.WarmupShift())
+    assert snn.steps_run == 6
+    loaded, info = snnbridge.load(snnbridge.save(snn, tmp_path / "snn.pt"), with_info=True)
+    assert info["warmup"] == 2 and info["steps_run"] == loaded.steps_run == 6
+    assert torch.equal(loaded.sweep(test_input), snn.sweep(test_input))
+    snn.decode_delay = lambda T: T // 2  # a plugin attaching a lambda: a clear error, no half-written file
+    with pytest.raises(SnnFileError, match="cannot be saved"):
+        snnbridge.save(snn, tmp_path / "bad.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snn.pt"]
