@@ -90,7 +90,7 @@ def fire_ge(x: torch.Tensor) -> torch.Tensor:
 class SnnTorchLayer(NeuronLayer):
     """One genuine ``snntorch.Leaky`` (beta = 1, subtract reset) realizing one site's spec."""
 
-    backend = NAME
+    backend_name = NAME
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -149,10 +149,7 @@ class SpikingJellyLayer(NeuronLayer):
     the channel indices of each node).
     """
 
-    backend = NAME
-    #: SpikingJelly 0.0.0.0.14's ``functional.set_backend`` asks every module that has a
-    #: ``backend`` attribute for this; the kernels are chosen on the neurons in ``nodes``.
-    supported_backends: tuple = ()
+    backend_name = NAME
 
     def __init__(self, spec, kernel: str = "auto"):
         super().__init__(spec)

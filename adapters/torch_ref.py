@@ -16,7 +16,7 @@ NAME = "torch"
 class TorchIFLayer(NeuronLayer):
     """Integrate-and-fire with reset by subtraction, fire on ``v >= threshold``."""
 
-    backend = NAME
+    backend_name = NAME
 
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         th = self.spec.threshold

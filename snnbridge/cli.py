@@ -721,7 +721,7 @@ def _print_report(snn, seconds: float | None, calib: dict | None, verbose: bool)
     specs = snn.specs
     report = snn.report or {}
     _say(f"recipe:      {_recipe_text(snn.recipe)}")
-    _say(f"backend:     {snn.backend}")
+    _say(f"backend:     {snn.backend_name}")
     sites = list(specs)
     shown = ", ".join(sites[:6]) + (f", ... ({len(sites) - 6} more)" if len(sites) > 6 else "")
     _say(f"sites:       {len(sites)} ({shown})")
@@ -867,7 +867,7 @@ def cmd_evaluate(args) -> int:
     ann_acc = ann_correct / max(seen, 1) if ann is not None else None
     seconds = time.perf_counter() - started
     summary = {
-        "snn": source, "recipe": snn.recipe, "backend": snn.backend, "snn_timesteps": snn.timesteps,
+        "snn": source, "recipe": snn.recipe, "backend": snn.backend_name, "snn_timesteps": snn.timesteps,
         "warmup": snn.warmup, "lookahead": getattr(snn, "lookahead", 0), "presimulation": _presim_text(snn),
         "data": str(setup.data_path), "split": data.split, "samples": seen,
         "images_available": len(data), "seed": args.seed, "ann_accuracy": ann_acc, "results": results,

@@ -128,9 +128,9 @@ ClaimFn = Callable[[nn.Module], Any]
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, claim: ClaimFn):
+    def __init__(self, claim: ClaimFn | None = None):  # no-argument form: torch re-creates it when unpickling
         super().__init__()
-        self._claim = claim
+        self._claim = claim or (lambda m: None)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._claim(m) is not None:

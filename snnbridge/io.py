@@ -16,7 +16,6 @@ by reference), and a compatible snnbridge version.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import pickle
@@ -34,51 +33,6 @@ FORMAT_VERSION = 1
 
 class SnnFileError(SnnbridgeError):
     """A saved-SNN file is missing, unreadable, or not written by :func:`snnbridge.save`."""
-
-
-class _BackendFactory:
-    """A picklable stand-in for the runtime's neuron factory: rebuilds it from the backend name on first use."""
-
-    def __init__(self, backend: str, options: dict | None):
-        self.backend = backend
-        self.options = dict(options or {})
-        self._factory = None
-
-    def __call__(self, spec):
-        if self._factory is None:
-            from .runtime import make_neuron_factory
-
-            self._factory = make_neuron_factory(self.backend, self.options)
-        return self._factory(spec)
-
-    def __getstate__(self):
-        return {"backend": self.backend, "options": self.options, "_factory": None}
-
-
-@contextlib.contextmanager
-def _picklable(snn: SpikingModel):
-    """Temporarily make ``snn`` picklable.
-
-    The runtime keeps its neuron factory as a closure (not picklable), and the fx graph
-    records the core's tracer class, whose constructor takes an argument that torch's
-    GraphModule unpickler does not pass. Both are swapped for the duration of the save.
-    """
-    saved = {}
-    factory = getattr(snn, "_factory", None)
-    if factory is not None and not isinstance(factory, _BackendFactory):
-        saved["_factory"] = factory
-        snn._factory = _BackendFactory(getattr(factory, "backend", snn.backend), getattr(factory, "options", {}))
-    gm = snn.graph_module
-    tracer_cls = getattr(gm, "_tracer_cls", None)
-    if tracer_cls is not None:
-        gm._tracer_cls = None
-    try:
-        yield
-    finally:
-        if "_factory" in saved:
-            snn._factory = saved["_factory"]
-        if tracer_cls is not None:
-            gm._tracer_cls = tracer_cls
 
 
 def save(snn: SpikingModel, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -100,7 +54,7 @@ def save(snn: SpikingModel, path: str | os.PathLike, *, metadata: dict[str, Any]
         "torch_version": torch.__version__,
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "recipe": snn.recipe,
-        "backend": snn.backend,
+        "backend": snn.backend_name,
         "timesteps": snn.timesteps,
         "warmup": snn.warmup,
         "lookahead": getattr(snn, "lookahead", 0),
@@ -114,8 +68,7 @@ def save(snn: SpikingModel, path: str | os.PathLike, *, metadata: dict[str, Any]
         raise SnnFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose a writable location.") from exc
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with _picklable(snn):
-            torch.save(payload, tmp)
+        torch.save(payload, tmp)
         os.replace(tmp, path)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         raise SnnFileError(f"this SNN cannot be saved: {exc}. A plugin probably attached a runtime correction that "
@@ -151,7 +104,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu", *, with_info: bool 
     except Exception as exc:  # torch raises several kinds of errors on files that are not checkpoints
         raise SnnFileError(f"cannot read {path} as a saved SNN: {type(exc).__name__}: {exc}.") from exc
     if isinstance(obj, SpikingModel):  # a bare torch.save(snn, ...)
-        info = {"format": FORMAT, "recipe": obj.recipe, "backend": obj.backend, "timesteps": obj.timesteps,
+        info = {"format": FORMAT, "recipe": obj.recipe, "backend": obj.backend_name, "timesteps": obj.timesteps,
                 "warmup": obj.warmup, "metadata": {}}
         snn = obj
     elif isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("snn"), SpikingModel):

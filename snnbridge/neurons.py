@@ -40,8 +40,9 @@ class SimResult:
 class NeuronLayer(nn.Module):
     """Base class of the neuron layers adapters build for one activation site."""
 
-    #: the backend name (set by each adapter)
-    backend: str = "?"
+    #: the backend name (set by each adapter). Not called ``backend``: SpikingJelly's
+    #: ``functional.set_backend`` treats every module with a ``backend`` attribute as its own.
+    backend_name: str = "?"
 
     def __init__(self, spec: NeuronSpec):
         super().__init__()
@@ -54,7 +55,7 @@ class NeuronLayer(nn.Module):
     def extra_repr(self) -> str:
         th = self.spec.threshold
         desc = f"{th:.4g}" if isinstance(th, float) else f"per-channel[{th.shape[0]}]"
-        return f"backend={self.backend}, threshold={desc}"
+        return f"backend={self.backend_name}, threshold={desc}"
 
 
 def check_sequence(x_seq: torch.Tensor, v_init: torch.Tensor | None = None) -> None:

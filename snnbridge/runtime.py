@@ -131,8 +131,34 @@ def biased_sequence(spec: NeuronSpec, x_seq: torch.Tensor, t0: int) -> torch.Ten
     return x_seq + rows.view(shape)
 
 
-def make_neuron_factory(backend: str, backend_options: dict | None = None, registry=None) -> Callable[[NeuronSpec], NeuronLayer]:
-    """Validate ``backend`` and its options; return ``spec -> NeuronLayer`` built by that adapter."""
+class NeuronFactory:
+    """Builds a site's neurons with one backend adapter: ``factory(spec) -> NeuronLayer``.
+
+    Picklable (a saved SNN keeps it to rebuild neurons after ``set_spec``): only the backend
+    name and its options are stored; the plugin registry is looked up again after loading.
+    """
+
+    def __init__(self, backend: str, options: dict, registry=None):
+        self.backend = backend
+        self.options = dict(options)
+        self._registry = registry
+
+    def __getstate__(self):
+        return {"backend": self.backend, "options": self.options, "_registry": None}
+
+    def __call__(self, spec: NeuronSpec) -> NeuronLayer:
+        from .plugin_manager import get_registry
+
+        registry = self._registry or get_registry()
+        layer = registry.call(self.backend, "snnbridge_make_neuron", spec=spec, options=self.options)
+        if not isinstance(layer, NeuronLayer):
+            raise BackendError(f"backend {self.backend!r} returned {type(layer).__name__} from "
+                               "snnbridge_make_neuron; adapters must return a snnbridge.NeuronLayer.")
+        return layer
+
+
+def make_neuron_factory(backend: str, backend_options: dict | None = None, registry=None) -> NeuronFactory:
+    """Validate ``backend`` and its options; return the :class:`NeuronFactory` of that adapter."""
     from .plugin_manager import get_registry
 
     registry = registry or get_registry()
@@ -141,17 +167,7 @@ def make_neuron_factory(backend: str, backend_options: dict | None = None, regis
         raise BackendError(f"{backend!r} is a method plugin, not a neuron backend; choose one of "
                            f"{', '.join(registry.names('backend'))}.")
     options = resolve_options(backend, registry.options(backend), backend_options)
-
-    def factory(spec: NeuronSpec) -> NeuronLayer:
-        layer = registry.call(backend, "snnbridge_make_neuron", spec=spec, options=options)
-        if not isinstance(layer, NeuronLayer):
-            raise BackendError(f"backend {backend!r} returned {type(layer).__name__} from snnbridge_make_neuron; "
-                               "adapters must return a snnbridge.NeuronLayer.")
-        return layer
-
-    factory.backend = backend  # type: ignore[attr-defined]
-    factory.options = options  # type: ignore[attr-defined]
-    return factory
+    return NeuronFactory(backend, options, registry)
 
 
 class TimeExpand(nn.Module):
@@ -278,8 +294,13 @@ class SpikingSite(nn.Module):
             out = out * self.mask
         return out
 
-    def reset(self) -> None:
-        """Forget the membrane state (the next run starts from the spec's initial state)."""
+    def clear_state(self) -> None:
+        """Forget the membrane state (the next run starts from the spec's initial state).
+
+        Not called ``reset``: SpikingJelly's ``reset_net`` calls ``reset()`` on every module
+        that has one (and warns for non-SpikingJelly modules); the genuine neurons inside
+        the backend layer are what it should reset.
+        """
         self.v, self.mask, self._presim = None, None, []
 
     def extra_repr(self) -> str:
@@ -291,7 +312,8 @@ class SpikingModel(nn.Module):
 
     Attributes: ``timesteps`` (T), ``warmup`` (uncounted network pre-simulation steps,
     derived from the sites' corrections), ``decode_delay`` (``T -> steps skipped when
-    decoding``, or None), ``timestep_checks`` (callables ``(snn, T)`` run before each run,
+    decoding``, or None), ``backend_name`` (the neuron backend; not ``backend``, which
+    SpikingJelly's ``set_backend`` would take for its own), ``timestep_checks`` (callables ``(snn, T)`` run before each run,
     e.g. T-specific corrections warning about another T), ``time_chunk`` (steps per chunk,
     None = automatic), ``backend``,
     ``recipe`` (plain data), ``report`` (conversion report), ``sites`` (name ->
@@ -313,7 +335,7 @@ class SpikingModel(nn.Module):
         #: plugin's corrections were calibrated for another T); they may warn or raise
         self.timestep_checks: list[Callable[["SpikingModel", int], None]] = []
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.backend = getattr(factory, "backend", "?")
+        self.backend_name = getattr(factory, "backend", "?")
         self.recipe = recipe or []
         self.report = report or {}
 
@@ -459,7 +481,7 @@ class SpikingModel(nn.Module):
         state.batch = x.shape[0]
         state.warmup = self.warmup
         for site in self.sites.values():
-            site.reset()
+            site.clear_state()
         chunk = self._chunk(x.shape[0], total)
         outs = []
         t0 = 0
@@ -499,7 +521,7 @@ class SpikingModel(nn.Module):
         return (csum[ends] - csum[starts]) / (ends - starts).to(per_step.dtype).view(shape)
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"
+        return f"backend={self.backend_name}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"
 
 
 def _replace_module(gm: nn.Module, target: str, module: nn.Module) -> None:

@@ -73,7 +73,7 @@ def test_prepare_replaces_each_call_site_and_round_trips_through_a_checkpoint(tm
         opt.zero_grad()
         nn.functional.mse_loss(prepared(x), y).backward()
         opt.step()
-    bounds = [float(c.bound) for c in clips]
+    bounds = [float(c.bound.detach()) for c in clips]
     assert bounds != [2.0, 2.0]
     torch.save(prepared.state_dict(), tmp_path / "ckpt.pt")
     again = snnbridge.prepare(Net(), [plugin])
