@@ -20,16 +20,22 @@ class TorchIFLayer(NeuronLayer):
 
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         th = self.spec.threshold
-        if not isinstance(th, float):
+        per_channel = not isinstance(th, float)
+        if per_channel:
             th = self.spec.threshold_tensor(x_seq[0], 1)
-        v = v_init
+        # in place on a private copy of the state: the same IEEE operations as
+        # m = v + x; s = m >= th; v = m - th * s, without allocating per step
+        v = v_init.clone()
         spikes = torch.empty_like(x_seq)
         v_seq = torch.empty_like(x_seq) if return_v else None
         for t in range(x_seq.shape[0]):
-            m = v + x_seq[t]
-            s = (m >= th).to(m.dtype)
-            v = m - th * s
-            spikes[t] = s
+            v.add_(x_seq[t])
+            s = spikes[t]
+            s.copy_(v >= th)
+            if per_channel:
+                v.addcmul_(s, th, value=-1.0)
+            else:
+                v.add_(s, alpha=-th)
             if v_seq is not None:
                 v_seq[t] = v
         return SimResult(spikes=spikes, v_last=v, v_seq=v_seq)
