@@ -393,6 +393,28 @@ def _dims_touch_batch(node: fx.Node) -> bool:
     return 0 in dims
 
 
+def _check_call(node: fx.Node) -> str | None:
+    """What is wrong with a ``call_function``/``call_method`` node, or None if the runtime can run it."""
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", str(node.target))
+        label, scalar_ok, linear_ok = name, node.target in SCALAR_FUNCTIONS, node.target in LINEAR_FUNCTIONS
+        kind = "function"
+    else:
+        name = node.target
+        label, scalar_ok, linear_ok = f".{name}()", name in SCALAR_METHODS, name in SAFE_METHODS
+        kind = "method"
+    if scalar_ok:
+        if sum(_is_tensorish(a) for a in node.args) >= 2:
+            return f"{label} of two signals -> {_suggest('mul')}"
+        return None
+    if linear_ok:
+        if name in DIM0_SENSITIVE and _dims_touch_batch(node):
+            return (f"{label} over dimension 0 mixes samples and time steps -> operate on dimensions >= 1 only "
+                    "(dimension 0 is the batch)")
+        return None
+    return f"{kind} {label} is not supported -> {_suggest(name)}"
+
+
 def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
     problems: list[str] = []
     for node in gm.graph.nodes:
@@ -404,31 +426,10 @@ def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
             if isinstance(m, (ActivationSite,) + STATELESS_MODULES):
                 continue
             problems.append(f"{where}: module type {type(m).__name__} is not supported -> {_suggest(type(m).__name__)}")
-        elif node.op == "call_function":
-            t = node.target
-            tname = getattr(t, "__name__", str(t))
-            if t in SCALAR_FUNCTIONS:
-                if sum(_is_tensorish(a) for a in node.args) >= 2:
-                    problems.append(f"{where}: {tname} of two signals -> {_suggest('mul')}")
-                continue
-            if t in LINEAR_FUNCTIONS:
-                if tname in DIM0_SENSITIVE and _dims_touch_batch(node):
-                    problems.append(f"{where}: {tname} over dimension 0 mixes samples and time steps -> "
-                                    "operate on dimensions >= 1 only (dimension 0 is the batch)")
-                continue
-            problems.append(f"{where}: function {tname} is not supported -> {_suggest(tname)}")
-        elif node.op == "call_method":
-            t = node.target
-            if t in SCALAR_METHODS:
-                if sum(_is_tensorish(a) for a in node.args) >= 2:
-                    problems.append(f"{where}: .{t}() of two signals -> {_suggest('mul')}")
-                continue
-            if t in SAFE_METHODS:
-                if t in DIM0_SENSITIVE and _dims_touch_batch(node):
-                    problems.append(f"{where}: .{t}() over dimension 0 mixes samples and time steps -> "
-                                    "operate on dimensions >= 1 only (dimension 0 is the batch)")
-                continue
-            problems.append(f"{where}: method .{t}() is not supported -> {_suggest(t)}")
+        else:
+            problem = _check_call(node)
+            if problem:
+                problems.append(f"{where}: {problem}")
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     if outputs and not isinstance(outputs[0].args[0], fx.Node):
         problems.append("the model returns a tuple/dict; snnbridge decodes a single output tensor -> return one tensor "
