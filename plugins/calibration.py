@@ -1,0 +1,386 @@
+"""SNN Calibration (Li et al., ICML 2021; extended with BN handling in arXiv:2205.10121 / IJCV 2024).
+
+Post-training calibration of a converted SNN against the *untouched* reference ANN
+(``ctx.ann``; METHODS.md 1 and 0.4-b): every correction edits only the SNN copy (its
+neuron specs and the parameters of ``snn.graph_module``), never the ANN it is compared with.
+
+Stages (METHODS.md 1.1)
+-----------------------
+1. **Threshold by clipping-error search** (only when no other recipe plugin estimates
+   thresholds: ``fallback`` provider of ``threshold``). For each site over the first
+   ``threshold_batches`` calibration batches: with ``M`` the batch maximum, try
+   ``theta_i = M (1 - grid_step * i)`` for ``i < grid`` and keep the one with the smallest mean
+   squared error between the activations ``A`` and their SNN model
+   ``Q_T(A; theta) = theta/T * floor(clip(A T / theta, 0, T))`` (strict ``<``: ties keep the larger
+   theta); batches are merged by an exponential moving average ``theta <- m theta + (1 - m)
+   theta_batch`` (``momentum`` m = 0.9, first batch initialises). ``search: max`` uses the EMA
+   of batch maxima instead (the official "none" baseline), ``channelwise`` one search per channel.
+2. **Neuron**: IF, reset by subtraction, v(0) = 0, and ``+theta/(2T)`` added to the input
+   every step (``step_shift``; the official code's ``enable_shift``).
+3. **Corrections**, site by site in topological order, each site measured after its
+   predecessors were corrected (so upstream corrections are part of what it sees):
+
+   * **BC** (bias calibration, the *light* pipeline): ``e_c = mean over batch and positions of
+     (r - a)`` with ``r = theta * sum_t s(t) / T`` the SNN rate and ``a`` the ANN activation of the
+     same site on the same images; ``bias_c -= e_c`` in the layer feeding the site.
+   * **PC** (potential calibration): ``v0 += T * mean over batch of (a - r)`` per position
+     (a ``[C, ...]`` initial potential, shared by all samples; depends on the input resolution).
+   * **WC** (weight calibration): with ``x`` the time-averaged input of the layer feeding the
+     site (1024 images), fit only its weight with Adam (cosine-annealed learning rate, batches of
+     32, 5000 iterations) to ``sum_c (Q(W x + b [+ shortcut]) - a)^2`` averaged over batch and
+     positions, ``Q`` the straight-through floor quantizer of stage 1.
+
+   Presets: ``light`` = BC; ``advanced`` = WC then PC; ``none`` = stages 1-2 only;
+   ``steps: [...]`` picks any of ``bc``, ``pc``, ``wc`` (e.g. ``[pc]``, the official CIFAR
+   "advanced" run). WC runs over all sites first, then BC/PC (as the official pipeline).
+
+Where this follows the paper and where the official code differs (METHODS.md 1.2, 1.7)
+-------------------------------------------------------------------------------------
+* **T is specific.** Corrections hold for the T they were computed for (``timesteps`` option,
+  default the conversion's T). The official scripts ignore ``--T`` and always calibrate at
+  T = 32 (their README labels the numbers T = 16). Running the SNN for another T warns
+  (``on_mismatch: warn``; ``error`` raises, ``ignore`` is silent) and the report says so.
+* **Floor vs round** (trap 1): the official search and WC model the SNN as a *floor*
+  quantizer although its neuron adds ``theta/(2T)`` per step (a *round* quantizer at t = T).
+  ``search_quantizer: floor`` (default) reproduces the code; ``round`` matches the neuron.
+  The option applies to the search and to WC's loss.
+* **Light vs advanced**: light = BC as in the code and the paper; advanced = WC + PC as in
+  the paper and the official ImageNet script; the official CIFAR script runs PC only
+  (WC commented out): ``steps: [pc]``.
+* **BC realization**: like the official code, into the bias of the Conv/Linear feeding the
+  site (created if absent) when the path to the site only holds pooling (a per-channel
+  constant passes unchanged) or a residual add; otherwise (e.g. a BatchNorm kept after an
+  add) as an equivalent per-step, per-channel bias of the neurons (``NeuronSpec.step_bias``,
+  T rows) and the report notes it.
+* **One pass** of BC/PC, as the code (trap 7: the rate shifts by exactly -e only when the
+  neuron is neither silent nor saturated); ``passes`` repeats it.
+* **Data**: the official code uses one *augmented* training batch for BC/PC (trap 4); here
+  the first ``samples`` calibration images, as the user's loader gives them.
+* **WC**: the ImageNet script's learning rate 1e-5 (the function default is 4e-5; residual
+  blocks use batches of 8 and 256 images there); one setting for every site here. The
+  time-average of the input is taken in the SNN copy; across a pre-neuron max-pool (which
+  the official models do not have) WC's linear model of the drive is approximate.
+* **Per-step shift vs v(0) = theta/2** (METHODS.md 0.4-c, stacking notes): the shift is a
+  *fallback* ``step_shift``: it is added only when no other recipe plugin writes the base
+  initial potential (``v0_base``, e.g. LTB's theta/2) or its own shift; ``shift: on``
+  together with such a plugin is refused before any work. PC is additive on top of the base
+  v(0), so calibration must come after the ``v0_base``/``step_shift``/``threshold`` writers.
+* Firing on ``>=`` and reset by subtraction as the official neuron; BN is folded by the core
+  (the 2022 extension's BN handling); max-pool is not supported by the official code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from snnbridge import Option, PluginConflictError, PluginInfo, hookimpl
+
+from . import _simtools as st
+from ._stats import positive_thresholds
+
+NAME = "calibration"
+STEPS = ("bc", "pc", "wc")
+PRESETS = {"none": (), "light": ("bc",), "advanced": ("wc", "pc")}
+
+
+@hookimpl
+def snnbridge_plugin_info():
+    return PluginInfo(
+        summary="SNN Calibration: MSE clipping-threshold search, +theta/(2T) per step, bias / potential / weight "
+                "calibration against the untouched ANN (T-specific)",
+        reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration, "
+                  "ICML 2021; Li et al., Converting ANNs to SNNs via Parameter Calibration, arXiv:2205.10121 (IJCV 2024)",
+        fallback=("threshold", "step_shift"), after=("threshold", "v0_base", "step_shift"), needs_data=True)
+
+
+@hookimpl
+def snnbridge_add_options():
+    return [
+        Option("preset", str, "light", "light = bias calibration (BC); advanced = weight + potential calibration "
+               "(WC + PC); none = threshold search and neuron only", choices=tuple(PRESETS)),
+        Option("steps", list, None, "explicit corrections instead of the preset, any of bc, pc, wc (e.g. [pc])",
+               nullable=True, check=lambda v: v is None or all(s in STEPS for s in v),
+               check_help="a list of 'bc', 'pc', 'wc'"),
+        Option("timesteps", int, None, "T the corrections are calibrated for (default: the conversion's T)",
+               nullable=True, check=lambda t: t is None or t >= 1, check_help="timesteps >= 1"),
+        Option("on_mismatch", str, "warn", "when the SNN runs for another T than calibrated: warn, error or ignore",
+               choices=("warn", "error", "ignore")),
+        Option("samples", int, 128, "images used by BC/PC (official: one training batch)",
+               check=lambda n: n >= 1, check_help="samples >= 1"),
+        Option("passes", int, 1, "BC/PC passes over the sites (official: 1)", check=lambda n: n >= 1,
+               check_help="passes >= 1"),
+        Option("search", str, "mse", "fallback threshold: mse (clipping-error grid search) or max (EMA of batch "
+               "maxima, the official 'none' baseline)", choices=("mse", "max")),
+        Option("search_quantizer", str, "floor", "SNN model in the threshold search and in WC's loss: floor (official "
+               "code) or round (what the shifted neuron does at t = T)", choices=("floor", "round")),
+        Option("channelwise", bool, False, "search one threshold per channel (per feature for Linear)"),
+        Option("threshold_batches", int, 7, "calibration batches of the threshold search", check=lambda n: n >= 1,
+               check_help="threshold_batches >= 1"),
+        Option("momentum", float, 0.9, "EMA weight of the running threshold (theta <- m theta + (1-m) theta_batch)",
+               check=lambda m: 0 <= m < 1, check_help="0 <= momentum < 1"),
+        Option("grid", int, 95, "number of threshold candidates max*(1 - grid_step*i)", check=lambda n: n >= 1,
+               check_help="grid >= 1"),
+        Option("grid_step", float, 0.01, "relative step between threshold candidates",
+               check=lambda s: 0 < s < 1, check_help="0 < grid_step < 1"),
+        Option("shift", str, "auto", "+theta/(2T) per step: auto (unless another plugin writes v0 = theta/2 or its own "
+               "shift), on, off", choices=("auto", "on", "off")),
+        Option("wc_samples", int, 1024, "images whose time-averaged inputs WC fits on", check=lambda n: n >= 1,
+               check_help="wc_samples >= 1"),
+        Option("wc_batch", int, 32, "samples per WC iteration", check=lambda n: n >= 1, check_help="wc_batch >= 1"),
+        Option("wc_iters", int, 5000, "WC Adam iterations per site", check=lambda n: n >= 0,
+               check_help="wc_iters >= 0"),
+        Option("wc_lr", float, 1e-5, "WC Adam learning rate (cosine-annealed to 0)", check=lambda v: v > 0,
+               check_help="wc_lr > 0"),
+        Option("seed", int, 0, "seed of WC's sampling"),
+    ]
+
+
+def _steps(options) -> tuple[str, ...]:
+    chosen = options["steps"] if options["steps"] is not None else PRESETS[options["preset"]]
+    return tuple(s for s in STEPS if s in chosen)
+
+
+def _other(recipe, capability: str):
+    if recipe is None:
+        return None
+    p = recipe.provider(capability)
+    return p if p is not None and p.name != NAME else None
+
+
+@hookimpl
+def snnbridge_check_recipe(recipe, options):
+    if options["shift"] != "on":
+        return
+    for cap, what in (("v0_base", "sets the base initial potential (theta/2)"),
+                      ("step_shift", "already adds a per-step shift")):
+        other = _other(recipe, cap)
+        if other is not None:
+            raise PluginConflictError(
+                f"calibration with shift: on adds +theta/(2T) every step, but {other.name!r} {what}; both together "
+                f"shift the neuron twice (METHODS.md stacking notes: the per-step half shift and v0 = theta/2 must "
+                f"never both be active). Use calibration's shift: auto (or off), or remove {other.name!r}.")
+
+
+def _shift_active(ctx, options) -> bool:
+    if options["shift"] == "off":
+        return False
+    recipe = getattr(ctx, "recipe", None)
+    return _other(recipe, "v0_base") is None and _other(recipe, "step_shift") is None
+
+
+def _T(ctx, options) -> int:
+    return int(options["timesteps"] or ctx.timesteps)
+
+
+# -- stage 1: threshold ---------------------------------------------------------------------------------------
+
+
+def quantize(a: torch.Tensor, theta: torch.Tensor, T: int, mode: str) -> torch.Tensor:
+    """The SNN model of the search: ``theta/T * floor(clip(a T/theta [+ 1/2], 0, T))``."""
+    z = a * T / theta + (0.5 if mode == "round" else 0.0)
+    return torch.clamp(z, 0, T).floor() * theta / T
+
+
+def mse_search(rows: torch.Tensor, T: int, grid: int, step: float, mode: str) -> torch.Tensor:
+    """Per row of ``rows`` ([R, N]) the grid candidate ``max*(1 - step*i)`` with the smallest MSE (strict <)."""
+    a = rows.double()
+    top = a.amax(dim=1)
+    best = top.clone()
+    best_err = torch.full_like(top, math.inf)
+    for i in range(grid):
+        th = top * (1.0 - step * i)
+        safe = torch.where(th > 0, th, torch.ones_like(th))
+        err = ((a - quantize(a, safe[:, None], T, mode)) ** 2).mean(dim=1)
+        better = (err < best_err) & (th > 0)
+        best = torch.where(better, th, best)
+        best_err = torch.where(better, err, best_err)
+    return best.float()
+
+
+@hookimpl
+def snnbridge_estimate_threshold(ctx, options):
+    T, cw, m = _T(ctx, options), options["channelwise"], options["momentum"]
+    ema: dict[str, torch.Tensor] = {}
+
+    def observe(name, t):
+        v = t.detach().float()
+        v = v.transpose(0, 1).reshape(v.shape[1], -1) if cw else v.reshape(1, -1)
+        if options["search"] == "max":
+            th = v.amax(dim=1)
+        else:
+            th = mse_search(v, T, options["grid"], options["grid_step"], options["search_quantizer"])
+        ema[name] = th if name not in ema else m * ema[name] + (1 - m) * th
+
+    with torch.no_grad(), ctx.hooks(observe):
+        for x in ctx.batches(desc="calibration: threshold search", limit=options["threshold_batches"]):
+            ctx.ann(x)
+    return {n: positive_thresholds(e if cw else e[0], n, ctx, NAME) for n, e in ema.items()}
+
+
+# -- stage 2: neuron ------------------------------------------------------------------------------------------
+
+
+@hookimpl
+def snnbridge_configure_neuron(site, spec, ctx, options):
+    if not _shift_active(ctx, options):
+        return None
+    T = _T(ctx, options)
+    th = spec.threshold
+    if isinstance(th, float) and (spec.step_bias is None or isinstance(spec.step_bias, float)):
+        return spec.replace(step_bias=(spec.step_bias or 0.0) + th / (2 * T))
+    table = st.step_table(spec.step_bias, T, th.shape[0] if not isinstance(th, float) else site.channels)
+    return spec.replace(step_bias=table + (th / (2 * T) if isinstance(th, float) else th[None, :] / (2 * T)))
+
+
+# -- stage 3: corrections -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _ann_means(ctx, batches) -> dict[str, torch.Tensor]:
+    sums, n = {}, 0
+    for x in batches:
+        acts = ctx.site_activations(x)
+        for name, a in acts.items():
+            s = a.double().sum(0)
+            sums[name] = s if name not in sums else sums[name] + s
+        n += x.shape[0]
+    return {k: (v / n).float() for k, v in sums.items()}
+
+
+def _bias_correct(snn, ctx, name: str, err: torch.Tensor, T: int, notes: list) -> str:
+    """Subtract the per-channel error ``err`` from the drive of site ``name``; return where it went."""
+    feed = st.feeding_layer(snn, name)
+    if feed is not None:
+        st.add_layer_bias(feed, -err)
+        return feed.name
+    spec = snn.sites[name].spec
+    table = st.step_table(spec.step_bias, T, err.shape[0]) - err[None, :]
+    snn.set_spec(name, spec.replace(step_bias=table))
+    notes.append(f"{NAME}: site {name} has no single Conv/Linear feeding it; its bias correction is a per-step, "
+                 f"per-channel neuron bias for T = {T}")
+    return "step_bias"
+
+
+def _bc_pc(snn, ctx, options, T: int, do_bc: bool, do_pc: bool, notes: list) -> None:
+    batches = st.gather(ctx, options["samples"], "calibration: BC/PC images")
+    ann = _ann_means(ctx, batches)
+    bar = tqdm(list(ctx.sites), desc=f"calibration: {'BC' if do_bc else ''}{'+' if do_bc and do_pc else ''}"
+               f"{'PC' if do_pc else ''}", unit="site", disable=not ctx.progress, leave=False)
+    for name in bar:
+        if do_bc:
+            rec = st.record(snn, batches, [name], T)[name]
+            diff = rec.rate_sum / rec.samples - ann[name]
+            where = _bias_correct(snn, ctx, name, st.channel_mean(diff[None]), T, notes)
+            notes.append(f"{NAME}: BC at site {name} -> {where}, |mean error| "
+                         f"{float(st.channel_mean(diff[None]).abs().mean()):.4g}")
+        if do_pc:
+            rec = st.record(snn, batches, [name], T)[name]
+            delta = T * (ann[name] - rec.rate_sum / rec.samples)
+            spec = snn.sites[name].spec
+            snn.set_spec(name, spec.replace(v0=st.add_v0(spec.v0, delta)))
+
+
+def _floor_ste(z: torch.Tensor) -> torch.Tensor:
+    return (z.floor() - z).detach() + z
+
+
+def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: torch.Generator) -> None:
+    feed = st.feeding_layer(snn, name)
+    if feed is None:
+        notes.append(f"{NAME}: WC skipped at site {name} (no single Conv/Linear feeding it)")
+        return
+    temporal = st.input_is_temporal(snn, feed)
+    spec = snn.sites[name].spec
+    xs, ds, As = [], [], []
+    for x in batches:
+        seen = []
+        handle = feed.layer.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+        try:
+            rec = st.record(snn, [x], [name], T)[name]
+        finally:
+            handle.remove()
+        B = x.shape[0]
+        if temporal:
+            parts = [s.reshape(-1, B, *s.shape[1:]) for s in seen]
+            seq = torch.cat(parts, 0)[-T:]
+            xs.append(seq.mean(0))
+        else:
+            xs.append(seen[-1])
+        drive = rec.drive_sum / T  # includes the per-step biases of the spec
+        b = spec.step_bias  # the raw current: remove the spec's per-step biases (time-averaged)
+        if isinstance(b, float):
+            drive = drive - b
+        elif b is not None:
+            mean_b = b[:T].float().mean(0)
+            drive = drive - (mean_b if mean_b.dim() == 0 else _bcast(mean_b, drive))
+        ds.append(drive)
+        As.append(ctx.site_activations(x)[name])
+    xbar, dbar, target = torch.cat(xs), torch.cat(ds), torch.cat(As)
+    layer = feed.layer
+    w0 = layer.weight.detach().clone()
+
+    def drive_of(weight, inp):
+        z = functional_call(layer, {"weight": weight, **({"bias": layer.bias} if layer.bias is not None else {})},
+                            (inp,))
+        for m in feed.post:
+            z = m(z)
+        return z
+
+    with torch.no_grad():
+        rest = dbar - drive_of(w0, xbar)  # the shortcut (residual sites) and what pooling adds over time
+    th = st.threshold_like(spec, target)
+    round_ = options["search_quantizer"] == "round"
+    weight = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([weight], lr=options["wc_lr"])
+    iters = options["wc_iters"]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.0)
+    n = xbar.shape[0]
+    first = last = None
+    bar = tqdm(range(iters), desc=f"calibration: WC {name}", unit="it", disable=not ctx.progress, leave=False,
+               mininterval=0.5)
+    for _ in bar:
+        idx = torch.randperm(n, generator=gen)[: options["wc_batch"]].to(xbar.device)
+        z = drive_of(weight, xbar[idx]) + rest[idx]
+        q = torch.clamp(z * T / th + (0.5 if round_ else 0.0), 0, T)
+        out = _floor_ste(q) * th / T
+        loss = ((out - target[idx]) ** 2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = float(loss.detach())
+        first = last if first is None else first
+    with torch.no_grad():
+        layer.weight.data.copy_(weight.detach())
+    if first is not None:
+        notes.append(f"{NAME}: WC at site {name} ({feed.name}): loss {first:.4g} -> {last:.4g} over {iters} iterations")
+
+
+def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``[C]`` vector broadcast against ``[B, C, ...]``."""
+    return values.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
+
+
+@hookimpl
+def snnbridge_correct_error(snn, ctx, options):
+    T = _T(ctx, options)
+    steps = _steps(options)
+    notes = ctx.report["notes"]
+    if "wc" in steps:
+        gen = torch.Generator().manual_seed(options["seed"])
+        batches = st.gather(ctx, options["wc_samples"], "calibration: WC images")
+        for name in ctx.sites:
+            _wc_site(snn, ctx, options, name, batches, T, notes, gen)
+    for _ in range(options["passes"]):
+        if "bc" in steps or "pc" in steps:
+            _bc_pc(snn, ctx, options, T, "bc" in steps, "pc" in steps, notes)
+    shift = _shift_active(ctx, options)
+    notes.append(f"{NAME}: calibrated for T = {T} (corrections: {', '.join(steps) or 'none'}; per-step +theta/(2T) "
+                 f"shift {'on' if shift else 'off'}); T-specific: convert again for another T")
+    if T != ctx.timesteps:
+        notes.append(f"{NAME}: calibrated for T = {T} but converted for T = {ctx.timesteps}")
+    snn.timestep_checks.append(st.TimestepCheck(NAME, T, options["on_mismatch"]))

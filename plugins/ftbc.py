@@ -1,0 +1,158 @@
+"""FTBC - Forward Temporal Bias Correction (Wu, Bojkovic, Gu, Suo, Zou; ECCV 2024).
+
+A per-site, per-step, per-channel bias ``b[t, c]`` subtracted from the membrane at step t
+(METHODS.md 10.1)::
+
+    m(t) = v(t-1) + x(t) [+ the base method's own terms, e.g. +theta/(2T)] - b[t, c]
+
+learned with forward passes only (METHODS.md 10.2, golden fact G16). For each outer
+iteration, calibration batch and site in topological order, stepping t = 1..T::
+
+    e_c   = mean over (batch, positions) of theta * s(t)  -  mean of the ANN activation a
+    b[t] += alpha * e                      (positive error -> fewer spikes)
+    re-fire step t with the updated bias and carry the corrected membrane on to t + 1
+
+``a`` comes from the *untouched* reference ANN on the same images. The bias is realized as
+``NeuronSpec.step_bias`` (``[T, C]``, added, so it holds ``-b``) on top of whatever the recipe
+set before (thresholds from any source, theta/2 initial potentials, a +theta/(2T) shift), and
+every backend runs it.
+
+Implementation (exact equivalent of the official loop, less compute)
+-------------------------------------------------------------------
+The official SNN-Calibration variant steps the *whole* network one step at a time and, at
+each step, restores and re-fires the layer being calibrated. Upstream sites do not depend on
+the site being calibrated, so here the site's input sequence is captured once per batch from
+a full T-step run of the SNN (upstream already calibrated) and the site alone is re-simulated
+step by step with the backend's own neurons (``NeuronLayer.simulate``) - the QCFS variant's
+layer-local loop. The official SNNC variant re-fires with the strict ``>`` rule; snnbridge's
+single rule ``>=`` is used throughout.
+
+Defaults and deviations (METHODS.md 10.3, 10.6)
+-----------------------------------------------
+* ``alpha`` 0.5, 10 batches, 5 outer iterations: the SNN-Calibration variant's command-line
+  defaults (its CIFAR script uses 5 batches x 100 iterations, the QCFS variant alpha 0.4, 3
+  batches, 1 iteration, the RTS CIFAR script alpha 0.005).
+* **No test-set selection** (trap 1): the official SNNC script evaluates the test set after
+  each outer iteration and keeps the best. Here ``select: true`` instead holds out
+  ``holdout_batches`` *calibration* (training) batches and keeps the iteration count (0 .. n)
+  whose decoded SNN output is closest (MSE) to the ANN's output on them; no labels are used.
+* **T-specific** (trap 4): the table has T rows; running the SNN longer raises, shorter warns
+  (``on_mismatch``). Calibrate at the T you will run (``timesteps`` option).
+* Membranes are never reset between steps of the calibration (trap 3).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from snnbridge import InputError, Option, PluginInfo, hookimpl
+
+from . import _simtools as st
+
+NAME = "ftbc"
+
+
+@hookimpl
+def snnbridge_plugin_info():
+    return PluginInfo(
+        summary="per-step, per-channel temporal bias b[t, c] learned forward-only against the untouched ANN "
+                "(T-specific)",
+        reference="Wu et al., FTBC: Forward Temporal Bias Correction for Optimizing ANN-SNN Conversion, ECCV 2024",
+        provides=("temporal_bias",), requires=("threshold",), after=("threshold", "v0_base", "step_shift"),
+        needs_data=True)
+
+
+@hookimpl
+def snnbridge_add_options():
+    return [
+        Option("alpha", float, 0.5, "step size of the bias update b[t] += alpha * e", check=lambda a: a > 0,
+               check_help="alpha > 0"),
+        Option("batches", int, 10, "calibration batches per outer iteration", check=lambda n: n >= 1,
+               check_help="batches >= 1"),
+        Option("iterations", int, 5, "outer iterations over the calibration batches", check=lambda n: n >= 0,
+               check_help="iterations >= 0"),
+        Option("timesteps", int, None, "T the biases are learned for (default: the conversion's T)", nullable=True,
+               check=lambda t: t is None or t >= 1, check_help="timesteps >= 1"),
+        Option("on_mismatch", str, "warn", "when the SNN runs for another T than calibrated: warn, error or ignore",
+               choices=("warn", "error", "ignore")),
+        Option("select", bool, False, "choose the number of iterations (0..iterations) on held-out calibration "
+               "(training) batches by the MSE between SNN and ANN outputs - never on test data"),
+        Option("holdout_batches", int, 1, "calibration batches held out for 'select' (taken after the batches used "
+               "for learning)", check=lambda n: n >= 1, check_help="holdout_batches >= 1"),
+    ]
+
+
+def bias_step_error(weighted_spikes: torch.Tensor, ann: torch.Tensor) -> torch.Tensor:
+    """G16: per-channel error ``mean(theta * s(t)) - mean(a)`` of one step (both ``[B, C, ...]``)."""
+    return st.channel_mean(weighted_spikes) - st.channel_mean(ann)
+
+
+@torch.no_grad()
+def _calibrate_site(snn, name: str, x: torch.Tensor, ann: torch.Tensor, T: int, alpha: float) -> None:
+    site = snn.sites[name]
+    spec = site.spec
+    drive = st.record(snn, [x], [name], T, keep_drive=True)[name].drive  # [T, B, C, ...], biases included
+    C = drive.shape[2]
+    table = st.step_table(spec.step_bias, T, C)
+    v = site.initial_state(drive[0])
+    shape = (1, 1, C) + (1,) * (drive.dim() - 3)
+    for t in range(T):
+        step = drive[t:t + 1]
+        res = site.neuron.simulate(step, v)
+        e = bias_step_error(res.spikes[0] * st.threshold_like(spec, res.spikes[0]), ann)
+        delta = alpha * e
+        table[t] -= delta.to(table.dtype)  # the spec's bias is added: it holds -b
+        v = site.neuron.simulate(step - delta.view(shape).to(step.dtype), v).v_last  # re-fire, carry on
+    snn.set_spec(name, spec.replace(step_bias=table))
+
+
+@torch.no_grad()
+def _score(snn, ctx, batches, T: int) -> float:
+    err, n = 0.0, 0
+    for x in batches:
+        err += float(((snn(x, timesteps=T) - ctx.ann(x)) ** 2).sum())
+        n += x.shape[0]
+    return err / max(1, n)
+
+
+@hookimpl
+def snnbridge_correct_error(snn, ctx, options):
+    T = int(options["timesteps"] or ctx.timesteps)
+    alpha, n_iter = options["alpha"], options["iterations"]
+    hold = options["holdout_batches"] if options["select"] else 0
+    batches = st.gather(ctx, None, "ftbc: calibration batches", limit=options["batches"] + hold)
+    if hold:
+        if len(batches) <= hold:
+            raise InputError(f"ftbc: select needs {options['batches']} + {hold} calibration batches but only "
+                                f"{len(batches)} were given; pass more batches or lower holdout_batches.")
+        batches, held = batches[:-hold], batches[-hold:]
+        if len(batches) < options["batches"]:
+            ctx.report["notes"].append(f"{NAME}: only {len(batches)} calibration batch(es) left for learning after "
+                                       f"holding out {hold} (asked for {options['batches']})")
+    anns = [ctx.site_activations(x) for x in batches]
+    names = list(ctx.sites)
+    best = None
+    if hold:
+        best = (_score(snn, ctx, held, T), 0, {n: snn.sites[n].spec for n in names})
+    bar = tqdm(total=n_iter * len(batches) * len(names), desc="ftbc: temporal biases", unit="site",
+               disable=not ctx.progress, leave=False)
+    for it in range(n_iter):
+        for x, ann in zip(batches, anns):
+            for name in names:
+                _calibrate_site(snn, name, x, ann[name], T, alpha)
+                bar.update(1)
+        if hold:
+            score = _score(snn, ctx, held, T)
+            if score < best[0]:
+                best = (score, it + 1, {n: snn.sites[n].spec for n in names})
+    bar.close()
+    if hold:
+        for n, spec in best[2].items():
+            if snn.sites[n].spec is not spec:
+                snn.set_spec(n, spec)
+        ctx.report["notes"].append(f"{NAME}: kept {best[1]} of {n_iter} iteration(s), chosen on {hold} held-out "
+                                   f"calibration batch(es) by output MSE {best[0]:.4g}")
+    ctx.report["notes"].append(f"{NAME}: temporal biases [T={T}, C] learned with alpha={alpha} on {len(batches)} "
+                               f"batch(es) x {n_iter} iteration(s); T-specific: convert again for another T")
+    snn.timestep_checks.append(st.TimestepCheck(NAME, T, options["on_mismatch"]))

@@ -1,0 +1,127 @@
+"""FTBC (plugin ``ftbc``): golden fact G16, per-step bias tables, selection without test data, T."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import snnbridge
+from snnbridge import PluginInfo, hookimpl
+
+import _data_driven as dd
+from _plugins import fixed_threshold
+
+BACKENDS = snnbridge.get_registry().names("backend")
+
+
+class _V0:
+    """Initial potential = fraction * theta (a test stand-in for a v0 base writer)."""
+
+    name = "v0frac"
+
+    def __init__(self, fraction):
+        self.fraction = fraction
+
+    @hookimpl
+    def snnbridge_plugin_info(self):
+        return PluginInfo(summary="v0 = fraction * theta (test)", provides=("v0_base",))
+
+    @hookimpl
+    def snnbridge_configure_neuron(self, spec):
+        return spec.replace(v0=self.fraction * spec.threshold)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_g16_bias_update(backend):
+    # one channel, theta = 1, v0 = 0.7: step 1 fires for ANN values (0.3, 0.1, 0.2, 0.6) -> spikes (1, 0, 0, 1),
+    # mean 0.5; ANN mean 0.3; alpha = 0.5 -> b[1] += 0.1, subtracted from the membrane (step_bias holds -b)
+    net = nn.Sequential(nn.ReLU(), nn.Linear(1, 1)).eval()
+    x = torch.tensor([[0.3], [0.1], [0.2], [0.6]])
+    snn = snnbridge.convert(net, [fixed_threshold("one", 1.0), _V0(0.7), {"ftbc": {"batches": 1, "iterations": 1}}],
+                            calibration=[x], timesteps=4, progress=False, backend=backend)
+    table = snn.specs["0"].step_bias
+    assert table.shape == (4, 1)
+    assert float(table[0, 0]) == pytest.approx(-0.1, abs=1e-6)
+
+
+def test_g16_formula_and_refire_carry_the_corrected_membrane():
+    from snnbridge.plugins.ftbc import bias_step_error
+
+    e = bias_step_error(torch.tensor([[1.0], [0.0], [0.0], [1.0]]), torch.tensor([[0.3], [0.1], [0.2], [0.6]]))
+    assert float(0.5 * e) == pytest.approx(0.1)
+    # step 2 after the re-fire of step 1 with b[1] = 0.1: membranes 0.7 + x - 0.1 -> (0.9, 0.7, 0.8, 1.2) fire
+    # (0, 0, 0, 1) -> v = (0.9, 0.7, 0.8, 0.2); step 2 adds x: (1.2, 0.8, 1.0, 0.8) -> spikes (1, 0, 1, 0):
+    # mean 0.5, ANN 0.3 -> b[2] = 0.1 as well
+    net = nn.Sequential(nn.ReLU(), nn.Linear(1, 1)).eval()
+    x = torch.tensor([[0.3], [0.1], [0.2], [0.6]])
+    snn = snnbridge.convert(net, [fixed_threshold("one", 1.0), _V0(0.7), {"ftbc": {"batches": 1, "iterations": 1}}],
+                            calibration=[x], timesteps=2, progress=False)
+    torch.testing.assert_close(snn.specs["0"].step_bias, torch.tensor([[-0.1], [-0.1]]))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return dd.trained_net(), dd.calibration_batches()
+
+
+@pytest.mark.parametrize("base", [["robustnorm"], ["maxnorm"]])
+def test_ftbc_lowers_the_per_step_error_and_keeps_accuracy(trained, base):
+    net, data = trained
+    plain = snnbridge.convert(net, base, calibration=data, timesteps=8, progress=False)
+    snn = snnbridge.convert(net, [*base, {"ftbc": {"batches": 2, "iterations": 2}}], calibration=data, timesteps=8,
+                            progress=False)
+    e0, e1 = dd.layer_errors(plain, 8), dd.layer_errors(snn, 8)
+    assert dd.total(e1, "steps") < 0.6 * dd.total(e0, "steps"), (e0, e1)
+    assert dd.accuracy(snn) >= dd.accuracy(plain)
+    for name, spec in snn.specs.items():
+        assert spec.step_bias.shape == (8, snn.sites[name].info.channels)
+
+
+def test_positive_error_means_fewer_spikes():
+    # a site that over-fires everywhere (ANN 0, SNN fires from the start because v0 = theta) gets negative biases
+    net = nn.Sequential(nn.ReLU(), nn.Linear(2, 1)).eval()
+    x = torch.zeros(8, 2)
+    snn = snnbridge.convert(net, [fixed_threshold("one", 1.0), _V0(1.0), {"ftbc": {"batches": 1, "iterations": 1}}],
+                            calibration=[x], timesteps=4, progress=False)
+    table = snn.specs["0"].step_bias
+    assert table[0].lt(0).all()
+    got = []
+    snn.sites["0"].recorders.append(lambda s, d, r: got.append(r.spikes))
+    snn(x)
+    assert torch.cat(got).sum() == 0  # corrected: no spikes for a zero ANN activation
+
+
+def test_table_is_T_specific(trained):
+    net, data = trained
+    snn = snnbridge.convert(net, ["robustnorm", {"ftbc": {"batches": 1, "iterations": 1}}], calibration=data,
+                            timesteps=4, progress=False)
+    x = dd.test_set()[0][:4]
+    with pytest.raises(snnbridge.InputError, match="calibrated for a shorter run|re-run|Re-run"):
+        snn(x, timesteps=8)
+    with pytest.warns(UserWarning, match="calibrated for T = 4"):
+        snn(x, timesteps=2)
+
+
+def test_select_uses_held_out_calibration_batches_only(trained):
+    net, data = trained
+    used = []
+
+    class Loader:  # records every batch handed out, to show no test image is ever used
+        def __iter__(self):
+            for b in data:
+                used.append(b)
+                yield b
+
+        def __len__(self):
+            return len(data)
+
+    snn = snnbridge.convert(net, ["robustnorm", {"ftbc": {"batches": 2, "iterations": 2, "select": True}}],
+                            calibration=Loader(), timesteps=8, progress=False)
+    note = next(n for n in snn.report["notes"] if "held-out" in n)
+    assert "kept" in note and "of 2 iteration(s)" in note
+    test_x = dd.test_set()[0]
+    assert all(not torch.equal(b, test_x[: b.shape[0]]) for b in used)
+    with pytest.raises(snnbridge.InputError, match="holdout_batches"):
+        snnbridge.convert(net, ["robustnorm", {"ftbc": {"batches": 4, "select": True}}], calibration=data[:1],
+                          timesteps=8, progress=False)
