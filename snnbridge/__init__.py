@@ -12,6 +12,7 @@ Plugin authors: see :mod:`snnbridge.hookspecs`.
 """
 
 from .convert import convert
+from .diagnose import layer_report, plot_layer_report
 from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, OptionError,
                      PluginConflictError, PluginLoadError, RecipeParseError, SnnbridgeError, UnknownPluginError,
                      UnsupportedModelError)
@@ -31,7 +32,7 @@ from .spec import NeuronSpec
 __version__ = "0.1.0"
 
 __all__ = [
-    "convert", "prepare", "prepare_graph", "simulate", "build_recipe", "load_config", "parse_config", "get_registry",
+    "convert", "layer_report", "plot_layer_report", "prepare", "prepare_graph", "simulate", "build_recipe", "load_config", "parse_config", "get_registry",
     "hookimpl", "NeuronSpec", "NeuronLayer", "SimResult", "Option", "PluginInfo", "SiteInfo", "SpikingModel",
     "PreparedGraph", "RunConfig", "save", "load",
     "SnnbridgeError", "PluginLoadError", "UnknownPluginError", "OptionError", "PluginConflictError",
