@@ -1,0 +1,497 @@
+"""snnbridge's main job: train a small CNN on real CIFAR-10, convert it, measure accuracy vs T.
+
+    python examples/cifar10/run.py                       # the default run, a few minutes on 2 CPU cores
+    python examples/cifar10/run.py --epochs 30 --train-samples 50000 --test-samples 10000   # a benchmark
+
+Steps (each timed): find / extract / decode the data -> train the CNN (or load the checkpoint
+so that reruns skip training) -> ANN test accuracy -> for every recipe x backend: convert with
+the baselines, run ONE sweep per test batch at the largest T (``snn.sweep`` gives the output
+after each of 1..T steps from one run) -> table, ``results.json`` and ``accuracy_vs_T.png``
+in ``--out``. See examples/cifar10/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``examples.cifar10`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import snnbridge
+from examples.cifar10 import data as cdata
+
+#: recipe labels usable in --recipes (more with --recipe LABEL=JSON)
+RECIPES: dict[str, list] = {
+    "maxnorm": ["maxnorm"],
+    "robustnorm": [{"robustnorm": {"percentile": 99.9}}],
+    "maxnorm-cw": [{"maxnorm": {"channelwise": True}}],
+    "robustnorm-cw": [{"robustnorm": {"percentile": 99.9, "channelwise": True}}],
+}
+DEFAULT_BACKENDS = ("torch", "spikingjelly", "snntorch")
+DEFAULT_MODEL = "examples.cifar10.model:make_model"
+CHECKPOINT_FORMAT = 1
+
+
+class RunError(SystemExit):
+    """A bad option or missing requirement: exits with status 2 and a message that names the fix."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+# -- options ---------------------------------------------------------------------------------------------
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise RunError(f"--{what} takes comma-separated whole numbers, e.g. 4,8,16,32,64; got {text!r}") from None
+    if not values or values[0] < 1:
+        raise RunError(f"--{what} needs positive whole numbers, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    out: list[str] = []
+    for v in text.split(","):
+        v = v.strip()
+        if v and v not in out:
+            out.append(v)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="examples/cifar10/run.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a small CNN on CIFAR-10, convert it to SNNs with snnbridge's baselines on each backend, "
+                    "and report accuracy vs the number of time steps T.")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default=None,
+                   help=f"cifar10-jpeg.tar.gz, an extracted folder (train/ and test/ class folders) or a torchvision "
+                        f"CIFAR-10 folder; default: ${cdata.ENV_VAR}, else {cdata.DEFAULT_ARCHIVE}")
+    d.add_argument("--cache-dir", default=None, help="where the archive is extracted (once); default: "
+                                                     "$XDG_CACHE_HOME/snnbridge/cifar10 or ~/.cache/snnbridge/cifar10")
+    d.add_argument("--train-samples", type=int, default=50000, help="random training images used for training")
+    d.add_argument("--test-samples", type=int, default=1000, help="random test images for the ANN and the SNNs")
+    d.add_argument("--calib-samples", type=int, default=512, help="random training images for calibration")
+    t = p.add_argument_group("training")
+    t.add_argument("--model", default=DEFAULT_MODEL, help="module:factory building the (untrained) ANN")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, one-cycle schedule)")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--checkpoint", default=None,
+                   help="trained weights: loaded if the file exists (skips training), else written after training; "
+                        "default: OUT/ann.pt (reused only when the training options match)")
+    t.add_argument("--retrain", action="store_true", help="train even if the checkpoint exists (and overwrite it)")
+    c = p.add_argument_group("conversion")
+    c.add_argument("--recipes", default="maxnorm,robustnorm",
+                   help=f"comma-separated recipe labels: {', '.join(RECIPES)} (add your own with --recipe)")
+    c.add_argument("--recipe", action="append", default=[], metavar="LABEL=JSON",
+                   help='an extra recipe, e.g. \'robust9999=[{"robustnorm": {"percentile": 99.99}}]\' (repeatable)')
+    c.add_argument("--backends", default=None,
+                   help=f"comma-separated neuron backends; default: {','.join(DEFAULT_BACKENDS)} (those installed, "
+                        "with a warning for any missing)")
+    c.add_argument("--timesteps", default="4,8,16,32,64", help="T values to report; one sweep at the largest")
+    c.add_argument("--eval-batch-size", type=int, default=500, help="test images per SNN sweep")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default="runs/cifar10", help="folder for results.json, accuracy_vs_T.png and ann.pt")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    r.add_argument("--threads", type=int, default=2, help="torch CPU threads (torch.set_num_threads)")
+    r.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def resolve_recipes(args) -> dict[str, list]:
+    chosen: dict[str, list] = {}
+    for label in _name_list(args.recipes):
+        if label not in RECIPES:
+            raise RunError(f"unknown recipe label {label!r} in --recipes; choose from {', '.join(RECIPES)} or define "
+                           "one with --recipe LABEL=JSON")
+        chosen[label] = RECIPES[label]
+    for item in args.recipe:
+        label, sep, text = item.partition("=")
+        if not sep or not label.strip():
+            raise RunError(f"--recipe takes LABEL=JSON, e.g. 'r9999=[{{\"robustnorm\": {{\"percentile\": 99.99}}}}]'; "
+                           f"got {item!r}")
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise RunError(f"--recipe {label}: the recipe is not valid JSON ({exc})") from None
+        chosen[label.strip()] = spec if isinstance(spec, list) else [spec]
+    if not chosen:
+        raise RunError("no recipe to run: give --recipes and/or --recipe")
+    for label, spec in chosen.items():  # validate before any work
+        try:
+            snnbridge.build_recipe(spec)
+        except snnbridge.SnnbridgeError as exc:
+            raise RunError(f"recipe {label!r}: {exc}") from None
+    return chosen
+
+
+def resolve_backends(args) -> list[str]:
+    installed = snnbridge.get_registry().names("backend")
+    if args.backends is None:
+        found = [b for b in DEFAULT_BACKENDS if b in installed]
+        for b in DEFAULT_BACKENDS:
+            if b not in installed:
+                print(f"WARNING: the {b!r} backend is not installed; skipping it (installed: {', '.join(installed)}). "
+                      f"Install its plugin to include it, or pass --backends to choose explicitly.", flush=True)
+        if not found:
+            raise RunError(f"none of the default backends {', '.join(DEFAULT_BACKENDS)} is installed")
+        return found
+    wanted = _name_list(args.backends)
+    missing = [b for b in wanted if b not in installed]
+    if missing:
+        raise RunError(f"backend(s) {', '.join(missing)} not installed (installed: {', '.join(installed) or 'none'}). "
+                       "Install the plugin (pip install -e . in the snnbridge checkout registers the built-in ones) or "
+                       "leave it out of --backends.")
+    if not wanted:
+        raise RunError("--backends is empty")
+    return wanted
+
+
+def load_factory(spec: str):
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise RunError(f"--model takes module:factory, e.g. {DEFAULT_MODEL}; got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RunError(f"--model {spec}: {type(exc).__name__}: {exc}") from None
+    return factory
+
+
+# -- training and evaluation -----------------------------------------------------------------------------
+def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
+    """SGD (Nesterov, one-cycle LR) on uint8 images with batch augmentation; returns per-epoch stats."""
+    g = torch.Generator().manual_seed(args.seed)
+    steps_per_epoch = math.ceil(len(x_u8) / args.batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                          weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
+                                                pct_start=0.25)
+    history = []
+    model.train()
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        perm = torch.randperm(len(x_u8), generator=g)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{args.epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for i in bar:
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            xb = cdata.normalize(cdata.augment(x_u8[idx], g)).to(device)
+            yb = y[idx].to(device)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(idx)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        stats = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 4), "train_acc": round(correct / seen, 4),
+                 "seconds": round(time.perf_counter() - started, 2)}
+        print(f"  epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.3f}, train acc {stats['train_acc']:.3f} "
+              f"(augmented), {stats['seconds']:.1f} s", flush=True)
+        history.append(stats)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def ann_accuracy(model, x_u8, y, batch: int, device) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x_u8), batch):
+        correct += int((model(cdata.normalize(x_u8[i:i + batch]).to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
+    return correct / len(x_u8)
+
+
+@torch.no_grad()
+def snn_curve(snn, x_u8, y, t_max: int, batch: int, device, progress: bool, desc: str) -> list[float]:
+    """Accuracy after each of 1..t_max steps, from one ``sweep`` per test batch."""
+    correct = torch.zeros(t_max, dtype=torch.long)
+    bar = tqdm(total=len(x_u8), desc=desc, unit="img", disable=not progress, leave=False)
+    for i in range(0, len(x_u8), batch):
+        curve = snn.sweep(cdata.normalize(x_u8[i:i + batch]).to(device), timesteps=t_max)  # [T, B, classes]
+        correct += (curve.argmax(-1).cpu() == y[i:i + batch].view(1, -1)).sum(1)
+        bar.update(min(batch, len(x_u8) - i))
+    bar.close()
+    return (correct.double() / len(x_u8)).tolist()
+
+
+# -- output ----------------------------------------------------------------------------------------------
+def format_table(results: dict) -> str:
+    ts = results["config"]["timesteps"]
+    rows = [["recipe", "backend"] + [f"T={t}" for t in ts]]
+    for run in results["runs"]:
+        rows.append([run["recipe"], run["backend"]] + [f"{100 * run['accuracy'][str(t)]:.2f}" for t in ts])
+    rows.append(["ANN", "-"] + [f"{100 * results['ann']['test_accuracy']:.2f}"] * len(ts))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:-1]] + [sep, line(rows[-1])])
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = results["config"]["timesteps"]
+    recipes = list(dict.fromkeys(r["recipe"] for r in results["runs"]))
+    backends = list(dict.fromkeys(r["backend"] for r in results["runs"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in results["runs"]:
+        ri, bi = recipes.index(run["recipe"]), backends.index(run["backend"])
+        curve = run["curve"]
+        xs = list(range(1, len(curve) + 1))
+        ax.plot(xs, [100 * a for a in curve], color=colors[ri % len(colors)], linestyle=styles[bi % len(styles)],
+                marker=markers[bi % len(markers)], markevery=[t - 1 for t in ts if t <= len(curve)], markersize=5,
+                linewidth=1.4, alpha=0.9, label=f"{run['recipe']} / {run['backend']}")
+    ann = 100 * results["ann"]["test_accuracy"]
+    ax.axhline(ann, color="black", linestyle="--", linewidth=1.2, label=f"ANN ({ann:.1f}%)")
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(ts) | {2 ** k for k in range(int(math.log2(max(ts))) + 1)})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(1, max(ts))
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("test accuracy (%)")
+    n = results["data"]["test_samples"]
+    ax.set_title(f"CIFAR-10: SNN accuracy vs T ({n} test images)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def versions() -> dict:
+    import torchvision
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "snnbridge": snnbridge.__version__}
+    from importlib import metadata
+
+    for dist in ("spikingjelly", "snntorch"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------------------
+class Clock:
+    """Wall and process-CPU seconds per phase (CPU time shows how much a busy, shared machine slowed a phase)."""
+
+    def __init__(self):
+        self.phases: dict[str, dict[str, float]] = {}
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def start(self, name: str):
+        self._cur = (name, time.perf_counter(), time.process_time())
+
+    def stop(self) -> float:
+        name, w0, c0 = self._cur
+        wall = time.perf_counter() - w0
+        ph = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+        ph["wall_s"] = round(ph["wall_s"] + wall, 2)
+        ph["cpu_s"] = round(ph["cpu_s"] + time.process_time() - c0, 2)
+        return wall
+
+    def total(self) -> dict[str, float]:
+        return {"wall_s": round(time.perf_counter() - self._wall0, 2),
+                "cpu_s": round(time.process_time() - self._cpu0, 2)}
+
+
+def _training_meta(args, n_train: int) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "model": args.model, "epochs": args.epochs, "train_samples": n_train,
+            "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    clock = Clock()
+    load_start = _loadavg()
+    progress = not args.no_progress
+    torch.set_num_threads(max(1, args.threads))
+    timesteps = _int_list(args.timesteps, "timesteps")
+    t_max = timesteps[-1]
+    for name in ("epochs", "train_samples", "test_samples", "calib_samples", "batch_size", "eval_batch_size"):
+        if getattr(args, name) < (0 if name == "epochs" else 1):
+            raise RunError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epochs' else 'positive'}")
+    recipes = resolve_recipes(args)
+    backends = resolve_backends(args)
+    factory = load_factory(args.model)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # data: find / extract (once) / index, decode the test and calibration subsets ---------------------
+    print("[1/4] data", flush=True)
+    clock.start("data")
+    try:
+        kind, root = cdata.resolve(args.data, args.cache_dir)
+        train_set, test_set = cdata.open_splits(kind, root)
+    except (cdata.DataNotFoundError, cdata.DataLayoutError, cdata.UnsafeArchiveError) as exc:
+        raise RunError(str(exc)) from None
+    classes = list(train_set.classes)
+    train_sub = cdata.seeded_subset(train_set, args.train_samples, args.seed)
+    test_sub = cdata.seeded_subset(test_set, args.test_samples, args.seed + 1)
+    calib_sub = cdata.seeded_subset(train_set, args.calib_samples, args.seed + 2)
+    x_test, y_test = cdata.to_tensors(test_sub, progress, "decode test")
+    x_calib, _ = cdata.to_tensors(calib_sub, progress, "decode calibration")
+    clock.stop()
+    print(f"  {kind} data at {root}: {len(train_set)} train / {len(test_set)} test images, {len(classes)} classes; "
+          f"using {len(train_sub)} train, {len(test_sub)} test, {len(calib_sub)} calibration (random, seeded)",
+          flush=True)
+
+    # the ANN: load the checkpoint, or train (and save) -------------------------------------------------
+    meta = _training_meta(args, len(train_sub))
+    default_ckpt = args.checkpoint is None
+    ckpt = out / "ann.pt" if default_ckpt else Path(args.checkpoint)
+    torch.manual_seed(args.seed)
+    model = factory(num_classes=len(classes)) if _accepts_num_classes(factory) else factory()
+    loaded, history = False, []
+    if ckpt.is_file() and not args.retrain:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        same = saved.get("meta") == meta
+        if same or not default_ckpt:
+            model.load_state_dict(saved["state_dict"])
+            loaded, history = True, saved.get("history", [])
+            note = "" if same else f" (trained with {saved.get('meta')}, not the options of this run)"
+            print(f"[2/4] loaded the trained ANN from {ckpt}{note}; pass --retrain to train again", flush=True)
+        else:
+            print(f"  {ckpt} was trained with other options ({saved.get('meta')}); training again", flush=True)
+    model.to(device)
+    if not loaded:
+        print(f"[2/4] training {args.model} for {args.epochs} epoch(s) on {len(train_sub)} images", flush=True)
+        clock.start("decode_train")
+        x_train, y_train = cdata.to_tensors(train_sub, progress, "decode train")
+        clock.stop()
+        clock.start("train")
+        history = train(model, x_train, y_train, args, device, progress)
+        clock.stop()
+        del x_train, y_train
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta,
+                    "history": history, "classes": classes}, ckpt)
+        print(f"  saved {ckpt}", flush=True)
+    model.eval()
+    clock.start("ann_eval")
+    ann_acc = ann_accuracy(model, x_test, y_test, args.eval_batch_size, device)
+    clock.stop()
+    print(f"  ANN test accuracy: {100 * ann_acc:.2f}% ({len(x_test)} images)", flush=True)
+
+    # conversions: every recipe x backend, one sweep per test batch at the largest T --------------------
+    print(f"[3/4] converting: {len(recipes)} recipe(s) x {len(backends)} backend(s), one sweep to T={t_max}",
+          flush=True)
+    calib_batches = [cdata.normalize(x_calib[i:i + 128]) for i in range(0, len(x_calib), 128)]
+    runs = []
+    for label, spec in recipes.items():
+        for backend in backends:
+            clock.start("convert")
+            cpu0 = time.process_time()
+            snn = snnbridge.convert(model, spec, calibration=calib_batches, backend=backend, timesteps=t_max,
+                                    progress=progress, seed=args.seed)
+            conv_s, conv_cpu = clock.stop(), time.process_time() - cpu0
+            clock.start("sweep")
+            cpu0 = time.process_time()
+            curve = snn_curve(snn, x_test, y_test, t_max, args.eval_batch_size, device, progress,
+                              f"{label}/{backend}")
+            eval_s, eval_cpu = clock.stop(), time.process_time() - cpu0
+            acc = {str(t): curve[t - 1] for t in timesteps}
+            runs.append({"recipe": label, "recipe_spec": spec, "backend": backend, "timesteps": t_max,
+                         "steps_run": snn.steps_run, "accuracy": acc, "curve": curve,
+                         "conversion_seconds": round(conv_s, 3), "conversion_cpu_seconds": round(conv_cpu, 2),
+                         "report_conversion_seconds": snn.report.get("conversion_seconds"),
+                         "eval_seconds": round(eval_s, 2), "eval_cpu_seconds": round(eval_cpu, 2)})
+            print(f"  {label:>14s} / {backend:<12s} " + "  ".join(f"T={t}: {100 * acc[str(t)]:.2f}%" for t in timesteps)
+                  + f"   (convert {conv_s:.1f} s, sweep {eval_s:.1f} s)", flush=True)
+            del snn
+
+    # outputs ------------------------------------------------------------------------------------------
+    results = {
+        "task": "cifar10",
+        "config": {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "weight_decay": args.weight_decay, "timesteps": timesteps, "backends": backends,
+                   "recipes": recipes, "eval_batch_size": args.eval_batch_size, "device": str(device),
+                   "threads": torch.get_num_threads(), "argv": sys.argv[1:] if argv is None else list(argv)},
+        "data": {"kind": kind, "root": str(root), "classes": classes, "train_total": len(train_set),
+                 "test_total": len(test_set), "train_samples": len(train_sub), "test_samples": len(test_sub),
+                 "calib_samples": len(calib_sub), "calib_batches": len(calib_batches),
+                 "seeds": {"seed": args.seed, "train_subset": args.seed, "test_subset": args.seed + 1,
+                           "calib_subset": args.seed + 2, "training": args.seed, "conversion": args.seed}},
+        "ann": {"test_accuracy": ann_acc, "checkpoint": str(ckpt), "loaded_from_checkpoint": loaded,
+                "training_history": history},
+        "runs": runs,
+        "timings": {},
+        "versions": versions(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_start": load_start},
+    }
+    print("[4/4] results", flush=True)
+    print(format_table(results))
+    clock.start("outputs")
+    plot(results, out / "accuracy_vs_T.png")
+    clock.stop()
+    results["machine"]["loadavg_end"] = _loadavg()
+    results["timings"] = {**{f"{k}_seconds": v["wall_s"] for k, v in clock.phases.items()},
+                          "total_seconds": clock.total()["wall_s"],
+                          "cpu_seconds": {**{k: v["cpu_s"] for k, v in clock.phases.items()},
+                                          "total": clock.total()["cpu_s"]}}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    t = results["timings"]
+    print("wall time: " + ", ".join(f"{k} {v['wall_s']:.1f} s" for k, v in clock.phases.items())
+          + f"; total {t['total_seconds']:.1f} s (load average at start {load_start})")
+    print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_T.png'}")
+    return results
+
+
+def _accepts_num_classes(factory) -> bool:
+    import inspect
+
+    try:
+        return "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    main()
