@@ -243,3 +243,13 @@ def test_torchvision_cifar10_folder_is_read_with_torchvision(tmp_path, monkeypat
     assert train[0][0].shape == (3, 32, 32)
     x, y = cdata.to_tensors(cdata.seeded_subset(train, 4, seed=0))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and set(y.tolist()) <= {0, 3, 9}
+
+
+def test_extract_never_overwrites_folders_it_did_not_create(archive, tmp_path):
+    cache = tmp_path / "mine"
+    (cache / "train" / "cat").mkdir(parents=True)
+    keep = cache / "train" / "cat" / "precious.jpg"
+    keep.write_bytes(b"x")
+    with pytest.raises(cdata.DataLayoutError, match="will not overwrite"):
+        cdata.extract(archive, cache, quiet=True)
+    assert keep.read_bytes() == b"x"

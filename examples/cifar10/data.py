@@ -132,13 +132,18 @@ def extract(archive: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     marker = cache / MARKER
     ident = _archive_id(archive)
-    if marker.is_file():
+    ours = marker.is_file()
+    if ours:
         try:
             done = json.loads(marker.read_text())
         except (OSError, ValueError):
             done = None
         if done == ident and (cache / "train").is_dir() and (cache / "test").is_dir():
             return cache
+    elif (cache / "train").exists() or (cache / "test").exists():
+        raise DataLayoutError(
+            f"{cache} already holds train/ or test/ that this helper did not extract (no {MARKER}); it will not "
+            f"overwrite them. Pass that folder as the data (--data {cache}) or choose another --cache-dir.")
     cache.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tf:
