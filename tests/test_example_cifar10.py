@@ -187,6 +187,7 @@ def test_main_script_end_to_end(archive, tmp_path):
         assert run["accuracy"]["4"] == run["curve"][3]
         assert run["conversion_seconds"] > 0 and run["eval_seconds"] >= 0
     assert saved["versions"]["torch"] == torch.__version__ and "snnbridge" in saved["versions"]
+    assert saved["backend_max_gap"] == {}  # one backend: nothing to compare
     for key in ("data_seconds", "train_seconds", "ann_eval_seconds", "total_seconds"):
         assert saved["timings"][key] >= 0
     assert results["ann"]["test_accuracy"] == saved["ann"]["test_accuracy"]

@@ -254,6 +254,16 @@ def format_table(results: dict) -> str:
     return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:-1]] + [sep, line(rows[-1])])
 
 
+def backend_gaps(results: dict) -> dict[str, float]:
+    """Per recipe run on several backends: the largest accuracy gap between backends at any step."""
+    gaps = {}
+    for r in dict.fromkeys(x["recipe"] for x in results["runs"]):
+        curves = [x["curve"] for x in results["runs"] if x["recipe"] == r]
+        if len(curves) > 1:
+            gaps[r] = max(max(c[t] for c in curves) - min(c[t] for c in curves) for t in range(len(curves[0])))
+    return gaps
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -273,6 +283,10 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(xs, [100 * a for a in curve], color=colors[ri % len(colors)], linestyle=styles[bi % len(styles)],
                 marker=markers[bi % len(markers)], markevery=[t - 1 for t in ts if t <= len(curve)], markersize=5,
                 linewidth=1.4, alpha=0.9, label=f"{run['recipe']} / {run['backend']}")
+    spreads = [f"{r}: {100 * g:.1f}" for r, g in backend_gaps(results).items()]
+    if spreads:  # the backends' curves of one recipe often overlap exactly: say so
+        ax.text(0.02, 0.97, "largest gap between backends, points: " + "; ".join(spreads), transform=ax.transAxes,
+                fontsize=8, va="top", color="0.3")
     ann = 100 * results["ann"]["test_accuracy"]
     ax.axhline(ann, color="black", linestyle="--", linewidth=1.2, label=f"ANN ({ann:.1f}%)")
     ax.set_xscale("log", base=2)
@@ -462,12 +476,17 @@ def main(argv: list[str] | None = None) -> dict:
         "ann": {"test_accuracy": ann_acc, "checkpoint": str(ckpt), "loaded_from_checkpoint": loaded,
                 "training_history": history},
         "runs": runs,
+        "backend_max_gap": {},
         "timings": {},
         "versions": versions(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_start": load_start},
     }
+    results["backend_max_gap"] = backend_gaps(results)
     print("[4/4] results", flush=True)
     print(format_table(results))
+    if results["backend_max_gap"]:
+        print("largest accuracy gap between backends at any T (points): "
+              + ", ".join(f"{r} {100 * g:.2f}" for r, g in results["backend_max_gap"].items()))
     clock.start("outputs")
     plot(results, out / "accuracy_vs_T.png")
     clock.stop()
