@@ -179,26 +179,31 @@ def _T(ctx, options) -> int:
 # -- stage 1: threshold ---------------------------------------------------------------------------------------
 
 
-def quantize(a: torch.Tensor, theta: torch.Tensor, T: int, mode: str) -> torch.Tensor:
-    """The SNN model of the search: ``theta/T * floor(clip(a T/theta [+ 1/2], 0, T))``."""
-    z = a * T / theta + (0.5 if mode == "round" else 0.0)
-    return torch.clamp(z, 0, T).floor() * theta / T
-
-
 def mse_search(rows: torch.Tensor, T: int, grid: int, step: float, mode: str) -> torch.Tensor:
-    """Per row of ``rows`` ([R, N]) the grid candidate ``max*(1 - step*i)`` with the smallest MSE (strict <)."""
-    a = rows.double()
-    top = a.amax(dim=1)
+    """Per row of ``rows`` ([R, N]) the grid candidate ``max*(1 - step*i)`` with the smallest MSE (strict <).
+
+    Zeros quantize to zero under both models, so a single row is searched over its positive
+    values only (same argmin: the mean keeps the full count ``N`` as denominator).
+    """
+    n = rows.shape[1]
+    a = rows.float()
+    if a.shape[0] == 1:
+        a = a[a > 0][None]
+    top = rows.float().amax(dim=1)
     best = top.clone()
     best_err = torch.full_like(top, math.inf)
+    if a.numel() == 0:
+        return best
+    half = 0.5 if mode == "round" else 0.0
     for i in range(grid):
         th = top * (1.0 - step * i)
-        safe = torch.where(th > 0, th, torch.ones_like(th))
-        err = ((a - quantize(a, safe[:, None], T, mode)) ** 2).mean(dim=1)
+        safe = torch.where(th > 0, th, torch.ones_like(th))[:, None]
+        q = (a * (T / safe)).add_(half).clamp_(0, T).floor_().mul_(safe / T)
+        err = q.sub_(a).square_().sum(dim=1) / n
         better = (err < best_err) & (th > 0)
         best = torch.where(better, th, best)
         best_err = torch.where(better, err, best_err)
-    return best.float()
+    return best
 
 
 @hookimpl
