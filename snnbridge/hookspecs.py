@@ -20,7 +20,8 @@ Rules every plugin follows (DESIGN.md):
   framework: backends are adapters' business.
 * **Bad input** raises a :mod:`snnbridge.errors` class with a message that says the fix.
 
-Pipeline (DESIGN.md): ``prepare`` (activation replacement, before training) ->
+Pipeline (DESIGN.md): recipe validation (capabilities, then each plugin's
+``check_recipe``) -> ``prepare`` (activation replacement, before training) ->
 trace / fold BN -> observe -> ``estimate_threshold`` -> ``configure_neuron`` ->
 ``make_neuron`` (backend) -> ``correct_error`` -> runtime. Training-side hooks
 (``training_loss``, ``surrogate``) are used when fine-tuning a converted SNN.
