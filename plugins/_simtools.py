@@ -171,7 +171,7 @@ def record(snn, batches, names, T: int, *, keep_drive: bool = False, keep_rate: 
 
 
 def step_table(bias, T: int, channels: int) -> torch.Tensor:
-    """An existing ``NeuronSpec.step_bias`` (None, float, [T'] or [T', C]) as a ``[T, C]`` table."""
+    """An existing ``NeuronSpec.step_bias`` (None, float, [T'] or [T', C]) as a ``[T, C]`` table (on the CPU)."""
     if bias is None:
         return torch.zeros(T, channels)
     if isinstance(bias, float):
@@ -179,7 +179,7 @@ def step_table(bias, T: int, channels: int) -> torch.Tensor:
     if bias.shape[0] < T:
         raise InputError(f"a per-step bias table of {bias.shape[0]} steps cannot be extended to {T} steps; "
                          "calibrate every T-specific plugin of the recipe for the same T.")
-    b = bias[:T].float()
+    b = bias[:T].detach().float().cpu()
     if b.dim() == 1:
         return b[:, None].expand(T, channels).clone()
     return b.clone()

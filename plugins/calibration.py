@@ -238,7 +238,7 @@ def snnbridge_configure_neuron(site, spec, ctx, options):
     if isinstance(th, float) and (spec.step_bias is None or isinstance(spec.step_bias, float)):
         return spec.replace(step_bias=(spec.step_bias or 0.0) + th / (2 * T))
     table = st.step_table(spec.step_bias, T, th.shape[0] if not isinstance(th, float) else site.channels)
-    return spec.replace(step_bias=table + (th / (2 * T) if isinstance(th, float) else th[None, :] / (2 * T)))
+    return spec.replace(step_bias=table + (th / (2 * T) if isinstance(th, float) else th.cpu()[None, :] / (2 * T)))
 
 
 # -- stage 3: corrections -------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _bias_correct(snn, ctx, name: str, err: torch.Tensor, T: int, notes: list) -
         st.add_layer_bias(feed, -err)
         return feed.name
     spec = snn.sites[name].spec
-    table = st.step_table(spec.step_bias, T, err.shape[0]) - err[None, :]
+    table = st.step_table(spec.step_bias, T, err.shape[0]) - err.detach().cpu()[None, :]
     snn.set_spec(name, spec.replace(step_bias=table))
     notes.append(f"{NAME}: site {name} has no single Conv/Linear feeding it; its bias correction is a per-step, "
                  f"per-channel neuron bias for T = {T}")

@@ -102,7 +102,7 @@ def _calibrate_site(snn, name: str, x: torch.Tensor, ann: torch.Tensor, T: int, 
         res = site.neuron.simulate(step, v)
         e = bias_step_error(res.spikes[0] * st.threshold_like(spec, res.spikes[0]), ann)
         delta = alpha * e
-        table[t] -= delta.to(table.dtype)  # the spec's bias is added: it holds -b
+        table[t] -= delta.detach().to("cpu", table.dtype)  # the spec's bias is added: it holds -b
         v = site.neuron.simulate(step - delta.view(shape).to(step.dtype), v).v_last  # re-fire, carry on
     snn.set_spec(name, spec.replace(step_bias=table))
 
