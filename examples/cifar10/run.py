@@ -375,6 +375,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
     device = torch.device(args.device)
+    if load_start and os.cpu_count() and load_start[0] >= os.cpu_count() and device.type == "cpu":
+        print(f"note: this machine is busy (load average {load_start[0]:.1f} on {os.cpu_count()} cores); timings will "
+              f"be longer than on idle cores, and --threads 1 may run faster than {torch.get_num_threads()} threads "
+              "here.", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
