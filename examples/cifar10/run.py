@@ -46,7 +46,7 @@ CHECKPOINT_FORMAT = 1
 
 
 class RunError(SystemExit):
-    """A bad option or missing requirement: exits with status 2 and a message that names the fix."""
+    """A bad option or missing requirement: exits (status 1) with a message that names the fix."""
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
@@ -180,6 +180,9 @@ def load_factory(spec: str):
 # -- training and evaluation -----------------------------------------------------------------------------
 def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
     """SGD (Nesterov, one-cycle LR) on uint8 images with batch augmentation; returns per-epoch stats."""
+    if args.epochs == 0:  # an untrained network (e.g. to time the conversion alone)
+        model.eval()
+        return []
     g = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(x_u8) / args.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
