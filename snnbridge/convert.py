@@ -80,8 +80,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     if example_input is not None:
         ctx.infer_shapes(example_input.to(ctx.device))
     elif calibration is not None:
-        first = next(iter(ctx.batches(desc="shapes", limit=1)))
-        ctx.infer_shapes(first)
+        for first in ctx.batches(desc="shapes", limit=1):  # a loop, so the generator (and its bar) closes
+            ctx.infer_shapes(first)
     if not prepared.sites:
         raise InputError("the model has no activation (ReLU-like) to convert into neurons; nothing would spike. "
                          "snnbridge converts networks with nn.ReLU / F.relu / ReLU6 / clip activations.")
