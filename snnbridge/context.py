@@ -59,6 +59,9 @@ class ConversionContext:
         self.max_batches = max_batches
         self.seed = seed
         self.report: dict[str, Any] = {"notes": []}
+        if calibration is not None and not isinstance(calibration, torch.Tensor) and iter(calibration) is calibration:
+            # a one-shot iterator (e.g. a generator): several stages re-read the calibration data, so keep it
+            calibration = list(calibration) if max_batches is None else [b for _, b in zip(range(max_batches), calibration)]
         self._calibration = calibration
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
         self.input_shape: tuple[int, ...] | None = None
@@ -73,7 +76,8 @@ class ConversionContext:
         """Yield calibration inputs on the conversion device, with a progress bar.
 
         ``limit`` caps the number of batches (also capped by ``convert(calibration_batches=)``).
-        Can be called several times; the data is re-iterated each time.
+        Can be called several times; the data is re-iterated each time (a one-shot iterator
+        passed as calibration data is kept in memory on first use for that reason).
         """
         if self._calibration is None:
             raise CalibrationError("this step needs calibration data; pass calibration=<DataLoader or list of batches> "
@@ -90,8 +94,6 @@ class ConversionContext:
         bar = tqdm(total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
         try:
             for item in self._calibration:
-                if cap is not None and n >= cap:
-                    break
                 x = batch_input(item)
                 if not torch.is_floating_point(x):
                     x = x.float()
@@ -103,6 +105,8 @@ class ConversionContext:
                 n += 1
                 bar.update(1)
                 yield x.to(self.device)
+                if cap is not None and n >= cap:
+                    break  # before fetching another item from the data
         finally:
             bar.close()
         if n == 0:

@@ -156,3 +156,12 @@ def test_per_step_bias_and_initial_potential_are_carried_by_the_runtime(small_re
 def test_sweep_reports_steps_run(small_resnet, calib_batches):
     snn = _convert(small_resnet, calib_batches, T=6)
     assert snn.steps_run == 6 and snn.report["steps_run"] == 6 and snn.report["timesteps"] == 6
+
+
+def test_one_shot_generator_calibration_loses_no_batch():
+    net = nn.Sequential(nn.ReLU(), nn.Linear(1, 1)).eval()
+    batches = [torch.full((2, 1), 9.0), torch.full((2, 1), 1.0), torch.full((2, 1), 2.0)]  # the max is in batch 1
+    snn = _convert(net, (b for b in batches))
+    assert snn.specs["0"].threshold == 9.0
+    capped = _convert(net, iter(batches[1:]), calibration_batches=1)
+    assert capped.specs["0"].threshold == 1.0
