@@ -77,12 +77,11 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from snnbridge import Option, PluginConflictError, PluginInfo, hookimpl
+from snnbridge import (EMAMaxObserver, EMAObserver, MeanObserver, Option, PluginConflictError, PluginInfo, channels,
+                       hookimpl)
 
-from . import _simtools as st
-from ._stats import positive_thresholds
-
-NAME = "calibration"
+NAME = "snn_calibration"
+ALIASES = ("calibration",)
 STEPS = ("bc", "pc", "wc")
 PRESETS = {"none": (), "light": ("bc",), "advanced": ("wc", "pc")}
 
@@ -94,7 +93,8 @@ def snnbridge_plugin_info():
                 "calibration against the untouched ANN (T-specific)",
         reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration, "
                   "ICML 2021; Li et al., Converting ANNs to SNNs via Parameter Calibration, arXiv:2205.10121 (IJCV 2024)",
-        fallback=("threshold", "step_shift"), after=("threshold", "v0_base", "step_shift"), needs_data=True)
+        fallback=("threshold", "step_shift"), after=("threshold", "v0_base", "step_shift"), needs_data=True,
+        t_specific=True, aliases=ALIASES)
 
 
 @hookimpl
@@ -105,10 +105,6 @@ def snnbridge_add_options():
         Option("steps", list, None, "explicit corrections instead of the preset, any of bc, pc, wc (e.g. [pc])",
                nullable=True, check=lambda v: v is None or all(s in STEPS for s in v),
                check_help="a list of 'bc', 'pc', 'wc'"),
-        Option("timesteps", int, None, "T the corrections are calibrated for (default: the conversion's T)",
-               nullable=True, check=lambda t: t is None or t >= 1, check_help="timesteps >= 1"),
-        Option("on_mismatch", str, "warn", "when the SNN runs for another T than calibrated: warn, error or ignore",
-               choices=("warn", "error", "ignore")),
         Option("samples", int, 128, "images used by BC/PC (official: one training batch)",
                check=lambda n: n >= 1, check_help="samples >= 1"),
         Option("passes", int, 1, "BC/PC passes over the sites (official: 1)", check=lambda n: n >= 1,
@@ -120,8 +116,9 @@ def snnbridge_add_options():
         Option("channelwise", bool, False, "search one threshold per channel (per feature for Linear)"),
         Option("threshold_batches", int, 7, "calibration batches of the threshold search", check=lambda n: n >= 1,
                check_help="threshold_batches >= 1"),
-        Option("momentum", float, 0.9, "EMA weight of the running threshold (theta <- m theta + (1-m) theta_batch)",
-               check=lambda m: 0 <= m < 1, check_help="0 <= momentum < 1"),
+        Option("momentum", float, 0.1, "EMA weight of each new batch's threshold (theta <- (1-m) theta + m "
+               "theta_batch; the official code keeps 0.9 of the old value, i.e. m = 0.1)",
+               check=lambda m: 0 < m <= 1, check_help="0 < momentum <= 1"),
         Option("grid", int, 95, "number of threshold candidates max*(1 - grid_step*i)", check=lambda n: n >= 1,
                check_help="grid >= 1"),
         Option("grid_step", float, 0.01, "relative step between threshold candidates",
@@ -144,36 +141,22 @@ def _steps(options) -> tuple[str, ...]:
     return tuple(s for s in STEPS if s in chosen)
 
 
-def _other(recipe, capability: str):
-    if recipe is None:
-        return None
-    p = recipe.provider(capability)
-    return p if p is not None and p.name != NAME else None
-
-
 @hookimpl
 def snnbridge_check_recipe(recipe, options):
     if options["shift"] != "on":
         return
     for cap, what in (("v0_base", "sets the base initial potential (theta/2)"),
                       ("step_shift", "already adds a per-step shift")):
-        other = _other(recipe, cap)
-        if other is not None:
+        other = recipe.active_provider(cap)
+        if other is not None and other.name != NAME:
             raise PluginConflictError(
                 f"calibration with shift: on adds +theta/(2T) every step, but {other.name!r} {what}; both together "
-                f"shift the neuron twice (METHODS.md stacking notes: the per-step half shift and v0 = theta/2 must "
-                f"never both be active). Use calibration's shift: auto (or off), or remove {other.name!r}.")
+                f"shift the neuron twice (the per-step half shift and v0 = theta/2 must never both be active). Use "
+                f"calibration's shift: auto (or off), or remove {other.name!r}.")
 
 
 def _shift_active(ctx, options) -> bool:
-    if options["shift"] == "off":
-        return False
-    recipe = getattr(ctx, "recipe", None)
-    return _other(recipe, "v0_base") is None and _other(recipe, "step_shift") is None
-
-
-def _T(ctx, options) -> int:
-    return int(options["timesteps"] or ctx.timesteps)
+    return options["shift"] != "off" and ctx.recipe.is_active(NAME, "step_shift")
 
 
 # -- stage 1: threshold ---------------------------------------------------------------------------------------
@@ -206,24 +189,31 @@ def mse_search(rows: torch.Tensor, T: int, grid: int, step: float, mode: str) ->
     return best
 
 
+class ClipSearchObserver(EMAObserver):
+    """EMA over batches of the per-batch clipping-error search (:func:`mse_search`)."""
+
+    def __init__(self, timesteps: int, grid: int, step: float, quantizer: str, momentum: float,
+                 channel_axis: int | None):
+        self.timesteps, self.grid, self.step, self.quantizer = int(timesteps), int(grid), float(step), quantizer
+        super().__init__(momentum, channel_axis)
+
+    def batch_statistic(self, rows):
+        return mse_search(rows, self.timesteps, self.grid, self.step, self.quantizer)
+
+    def key(self):
+        return super().key() + (self.timesteps, self.grid, self.step, self.quantizer)
+
+
 @hookimpl
 def snnbridge_estimate_threshold(ctx, options):
-    T, cw, m = _T(ctx, options), options["channelwise"], options["momentum"]
-    ema: dict[str, torch.Tensor] = {}
-
-    def observe(name, t):
-        v = t.detach().float()
-        v = v.transpose(0, 1).reshape(v.shape[1], -1) if cw else v.reshape(1, -1)
-        if options["search"] == "max":
-            th = v.amax(dim=1)
-        else:
-            th = mse_search(v, T, options["grid"], options["grid_step"], options["search_quantizer"])
-        ema[name] = th if name not in ema else m * ema[name] + (1 - m) * th
-
-    with torch.no_grad(), ctx.hooks(observe):
-        for x in ctx.batches(desc="calibration: threshold search", limit=options["threshold_batches"]):
-            ctx.ann(x)
-    return {n: positive_thresholds(e if cw else e[0], n, ctx, NAME) for n, e in ema.items()}
+    axis = 1 if options["channelwise"] else None
+    if options["search"] == "max":
+        observer = EMAMaxObserver(options["momentum"], axis)
+    else:
+        observer = ClipSearchObserver(ctx.timesteps_for(options), options["grid"], options["grid_step"],
+                                      options["search_quantizer"], options["momentum"], axis)
+    found = ctx.collect(observer, limit=options["threshold_batches"])
+    return {n: ctx.usable_threshold(n, th, NAME) for n, th in found.items()}
 
 
 # -- stage 2: neuron ------------------------------------------------------------------------------------------
@@ -233,11 +223,11 @@ def snnbridge_estimate_threshold(ctx, options):
 def snnbridge_configure_neuron(site, spec, ctx, options):
     if not _shift_active(ctx, options):
         return None
-    T = _T(ctx, options)
+    T = ctx.timesteps_for(options)
     th = spec.threshold
     if isinstance(th, float) and (spec.step_bias is None or isinstance(spec.step_bias, float)):
         return spec.replace(step_bias=(spec.step_bias or 0.0) + th / (2 * T))
-    table = st.step_table(spec.step_bias, T, th.shape[0] if not isinstance(th, float) else site.channels)
+    table = spec.step_table(T, th.shape[0] if not isinstance(th, float) else site.channels)
     return spec.replace(step_bias=table + (th / (2 * T) if isinstance(th, float) else th.cpu()[None, :] / (2 * T)))
 
 
@@ -245,25 +235,22 @@ def snnbridge_configure_neuron(site, spec, ctx, options):
 
 
 @torch.no_grad()
-def _ann_means(ctx, batches) -> dict[str, torch.Tensor]:
-    sums, n = {}, 0
-    for x in batches:
-        acts = ctx.site_activations(x)
-        for name, a in acts.items():
-            s = a.double().sum(0)
-            sums[name] = s if name not in sums else sums[name] + s
-        n += x.shape[0]
-    return {k: (v / n).float() for k, v in sums.items()}
+def _snn_rates(snn, name: str, batches, T: int) -> torch.Tensor:
+    """The SNN's mean weighted-spike rate at site ``name`` over the images of ``batches`` (``[C, ...]``)."""
+    with snn.record(name, keep="rate") as rec:
+        for x in batches:
+            snn.run(x, timesteps=T)
+    return rec.sample_mean(name, "rate")
 
 
-def _bias_correct(snn, ctx, name: str, err: torch.Tensor, T: int, notes: list) -> str:
+def _bias_correct(snn, name: str, err: torch.Tensor, T: int, notes: list) -> str:
     """Subtract the per-channel error ``err`` from the drive of site ``name``; return where it went."""
-    feed = st.feeding_layer(snn, name)
+    feed = snn.feeding_layer(name)
     if feed is not None:
-        st.add_layer_bias(feed, -err)
+        feed.add_bias(-err)
         return feed.name
     spec = snn.sites[name].spec
-    table = st.step_table(spec.step_bias, T, err.shape[0]) - err.detach().cpu()[None, :]
+    table = spec.step_table(T, err.shape[0]) - err.detach().cpu()[None, :]
     snn.set_spec(name, spec.replace(step_bias=table))
     notes.append(f"{NAME}: site {name} has no single Conv/Linear feeding it; its bias correction is a per-step, "
                  f"per-channel neuron bias for T = {T}")
@@ -271,22 +258,19 @@ def _bias_correct(snn, ctx, name: str, err: torch.Tensor, T: int, notes: list) -
 
 
 def _bc_pc(snn, ctx, options, T: int, do_bc: bool, do_pc: bool, notes: list) -> None:
-    batches = st.gather(ctx, options["samples"], "calibration: BC/PC images")
-    ann = _ann_means(ctx, batches)
+    batches = ctx.take(options["samples"], desc="calibration: BC/PC images")
+    ann = ctx.collect(MeanObserver(per_position=True), batches=batches)
     bar = tqdm(list(ctx.sites), desc=f"calibration: {'BC' if do_bc else ''}{'+' if do_bc and do_pc else ''}"
                f"{'PC' if do_pc else ''}", unit="site", disable=not ctx.progress, leave=False)
     for name in bar:
         if do_bc:
-            rec = st.record(snn, batches, [name], T)[name]
-            diff = rec.rate_sum / rec.samples - ann[name]
-            where = _bias_correct(snn, ctx, name, st.channel_mean(diff[None]), T, notes)
-            notes.append(f"{NAME}: BC at site {name} -> {where}, |mean error| "
-                         f"{float(st.channel_mean(diff[None]).abs().mean()):.4g}")
+            diff = _snn_rates(snn, name, batches, T) - ann[name]
+            err = channels.mean(diff[None])
+            where = _bias_correct(snn, name, err, T, notes)
+            notes.append(f"{NAME}: BC at site {name} -> {where}, |mean error| {float(err.abs().mean()):.4g}")
         if do_pc:
-            rec = st.record(snn, batches, [name], T)[name]
-            delta = T * (ann[name] - rec.rate_sum / rec.samples)
-            spec = snn.sites[name].spec
-            snn.set_spec(name, spec.replace(v0=st.add_v0(spec.v0, delta)))
+            delta = T * (ann[name] - _snn_rates(snn, name, batches, T))
+            snn.set_spec(name, snn.sites[name].spec.offset_v0(delta))
 
 
 def _floor_ste(z: torch.Tensor) -> torch.Tensor:
@@ -294,18 +278,19 @@ def _floor_ste(z: torch.Tensor) -> torch.Tensor:
 
 
 def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: torch.Generator) -> None:
-    feed = st.feeding_layer(snn, name)
+    feed = snn.feeding_layer(name)
     if feed is None:
         notes.append(f"{NAME}: WC skipped at site {name} (no single Conv/Linear feeding it)")
         return
-    temporal = st.input_is_temporal(snn, feed)
+    temporal = feed.temporal_input
     spec = snn.sites[name].spec
     xs, ds, As = [], [], []
     for x in batches:
         seen = []
         handle = feed.layer.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
         try:
-            rec = st.record(snn, [x], [name], T)[name]
+            with torch.no_grad(), snn.record(name, keep="drive_mean") as rec:
+                snn.run(x, timesteps=T)
         finally:
             handle.remove()
         B = x.shape[0]
@@ -315,13 +300,13 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
             xs.append(seq.mean(0))
         else:
             xs.append(seen[-1])
-        drive = rec.drive_sum / T  # includes the per-step biases of the spec
+        drive = rec[name].drive_mean  # includes the per-step biases of the spec
         b = spec.step_bias  # the raw current: remove the spec's per-step biases (time-averaged)
         if isinstance(b, float):
             drive = drive - b
         elif b is not None:
             mean_b = b[:T].float().mean(0)
-            drive = drive - (mean_b if mean_b.dim() == 0 else _bcast(mean_b, drive))
+            drive = drive - (mean_b if mean_b.dim() == 0 else channels.broadcast(mean_b, drive, 1))
         ds.append(drive)
         As.append(ctx.site_activations(x)[name])
     xbar, dbar, target = torch.cat(xs), torch.cat(ds), torch.cat(As)
@@ -337,7 +322,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
 
     with torch.no_grad():
         rest = dbar - drive_of(w0, xbar)  # the shortcut (residual sites) and what pooling adds over time
-    th = st.threshold_like(spec, target)
+    th = spec.threshold_tensor(target, 1)
     round_ = options["search_quantizer"] == "round"
     weight = w0.clone().requires_grad_(True)
     opt = torch.optim.Adam([weight], lr=options["wc_lr"])
@@ -365,19 +350,14 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
         notes.append(f"{NAME}: WC at site {name} ({feed.name}): loss {first:.4g} -> {last:.4g} over {iters} iterations")
 
 
-def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``[C]`` vector broadcast against ``[B, C, ...]``."""
-    return values.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
-
-
 @hookimpl
 def snnbridge_correct_error(snn, ctx, options):
-    T = _T(ctx, options)
+    T = ctx.timesteps_for(options)
     steps = _steps(options)
     notes = ctx.report["notes"]
     if "wc" in steps:
         gen = torch.Generator().manual_seed(options["seed"])
-        batches = st.gather(ctx, options["wc_samples"], "calibration: WC images")
+        batches = ctx.take(options["wc_samples"], desc="calibration: WC images")
         for name in ctx.sites:
             _wc_site(snn, ctx, options, name, batches, T, notes, gen)
     for _ in range(options["passes"]):
@@ -388,4 +368,3 @@ def snnbridge_correct_error(snn, ctx, options):
                  f"shift {'on' if shift else 'off'}); T-specific: convert again for another T")
     if T != ctx.timesteps:
         notes.append(f"{NAME}: calibrated for T = {T} but converted for T = {ctx.timesteps}")
-    snn.timestep_checks.append(st.TimestepCheck(NAME, T, options["on_mismatch"]))

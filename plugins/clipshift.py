@@ -41,9 +41,7 @@ import math
 import torch
 from torch import nn
 
-from snnbridge import MissingRequirementError, Option, PluginInfo, hookimpl
-
-from ._stats import positive_thresholds
+from snnbridge import MaxObserver, MissingRequirementError, Option, PluginInfo, hookimpl
 
 NAME = "clipshift"
 
@@ -152,8 +150,7 @@ def snnbridge_estimate_threshold(ctx, options):
             f"plugin {NAME!r} with threshold_source 'max' (the official threshold balancing) needs calibration data: "
             "pass calibration=<a few training batches> to snnbridge.convert, or use "
             "{'clipshift': {'threshold_source': 'y_th'}} to take the clip bound as threshold.")
-    maxima = ctx.collect("max")
-    return {n: positive_thresholds(v, n, ctx, NAME) for n, v in maxima.items()}
+    return {n: ctx.usable_threshold(n, v, NAME) for n, v in ctx.collect(MaxObserver()).items()}
 
 
 @hookimpl

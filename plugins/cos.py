@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from snnbridge import Option, PluginInfo, hookimpl
-from snnbridge.runtime import Adjustment, PresimRecord, SiteCorrection
+from snnbridge import Adjustment, Option, PluginInfo, PresimRecord, SiteCorrection, hookimpl
 
 NAME = "cos"
 

@@ -46,9 +46,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from snnbridge import InputError, Option, PluginInfo, hookimpl
-
-from . import _simtools as st
+from snnbridge import InputError, Option, PluginInfo, channels, hookimpl
 
 NAME = "ftbc"
 
@@ -60,7 +58,7 @@ def snnbridge_plugin_info():
                 "(T-specific)",
         reference="Wu et al., FTBC: Forward Temporal Bias Correction for Optimizing ANN-SNN Conversion, ECCV 2024",
         provides=("temporal_bias",), requires=("threshold",), after=("threshold", "v0_base", "step_shift"),
-        needs_data=True)
+        needs_data=True, t_specific=True)
 
 
 @hookimpl
@@ -72,10 +70,6 @@ def snnbridge_add_options():
                check_help="batches >= 1"),
         Option("iterations", int, 5, "outer iterations over the calibration batches", check=lambda n: n >= 0,
                check_help="iterations >= 0"),
-        Option("timesteps", int, None, "T the biases are learned for (default: the conversion's T)", nullable=True,
-               check=lambda t: t is None or t >= 1, check_help="timesteps >= 1"),
-        Option("on_mismatch", str, "warn", "when the SNN runs for another T than calibrated: warn, error or ignore",
-               choices=("warn", "error", "ignore")),
         Option("select", bool, False, "choose the number of iterations (0..iterations) on held-out calibration "
                "(training) batches by the MSE between SNN and ANN outputs - never on test data"),
         Option("holdout_batches", int, 1, "calibration batches held out for 'select' (taken after the batches used "
@@ -85,22 +79,24 @@ def snnbridge_add_options():
 
 def bias_step_error(weighted_spikes: torch.Tensor, ann: torch.Tensor) -> torch.Tensor:
     """G16: per-channel error ``mean(theta * s(t)) - mean(a)`` of one step (both ``[B, C, ...]``)."""
-    return st.channel_mean(weighted_spikes) - st.channel_mean(ann)
+    return channels.mean(weighted_spikes) - channels.mean(ann)
 
 
 @torch.no_grad()
 def _calibrate_site(snn, name: str, x: torch.Tensor, ann: torch.Tensor, T: int, alpha: float) -> None:
     site = snn.sites[name]
     spec = site.spec
-    drive = st.record(snn, [x], [name], T, keep_drive=True)[name].drive  # [T, B, C, ...], biases included
+    with snn.record(name, keep="drive") as rec:
+        snn.run(x, timesteps=T)
+    drive = rec[name].counted("drive")  # [T, B, C, ...], biases included
     C = drive.shape[2]
-    table = st.step_table(spec.step_bias, T, C)
+    table = spec.step_table(T, C)
     v = site.initial_state(drive[0])
     shape = (1, 1, C) + (1,) * (drive.dim() - 3)
     for t in range(T):
         step = drive[t:t + 1]
         res = site.neuron.simulate(step, v)
-        e = bias_step_error(res.spikes[0] * st.threshold_like(spec, res.spikes[0]), ann)
+        e = bias_step_error(res.spikes[0] * spec.threshold_tensor(res.spikes[0], 1), ann)
         delta = alpha * e
         table[t] -= delta.detach().to("cpu", table.dtype)  # the spec's bias is added: it holds -b
         v = site.neuron.simulate(step - delta.view(shape).to(step.dtype), v).v_last  # re-fire, carry on
@@ -118,10 +114,10 @@ def _score(snn, ctx, batches, T: int) -> float:
 
 @hookimpl
 def snnbridge_correct_error(snn, ctx, options):
-    T = int(options["timesteps"] or ctx.timesteps)
+    T = ctx.timesteps_for(options)
     alpha, n_iter = options["alpha"], options["iterations"]
     hold = options["holdout_batches"] if options["select"] else 0
-    batches = st.gather(ctx, None, "ftbc: calibration batches", limit=options["batches"] + hold)
+    batches = ctx.take(limit=options["batches"] + hold, desc="ftbc: calibration batches")
     if hold:
         if len(batches) <= hold:
             raise InputError(f"ftbc: select needs {options['batches']} + {hold} calibration batches but only "
@@ -155,4 +151,3 @@ def snnbridge_correct_error(snn, ctx, options):
                                    f"calibration batch(es) by output MSE {best[0]:.4g}")
     ctx.report["notes"].append(f"{NAME}: temporal biases [T={T}, C] learned with alpha={alpha} on {len(batches)} "
                                f"batch(es) x {n_iter} iteration(s); T-specific: convert again for another T")
-    snn.timestep_checks.append(st.TimestepCheck(NAME, T, options["on_mismatch"]))

@@ -69,7 +69,7 @@ from itertools import count
 import torch
 from tqdm.auto import tqdm
 
-from snnbridge import Option, PluginInfo, hookimpl
+from snnbridge import DecodeWindow, Option, PluginInfo, channels, hookimpl
 
 NAME = "ltb"
 
@@ -106,30 +106,11 @@ def snnbridge_add_options():
     ]
 
 
-class DelayedEvaluation:
-    """``snn.decode_delay``: skip ``min(t0_est, T - margin)`` counted steps when decoding (G17)."""
-
-    def __init__(self, t0_est: int, margin: int = 4):
-        self.t0_est, self.margin = int(t0_est), int(margin)
-
-    def __call__(self, T: int) -> int:
-        return max(0, min(self.t0_est, int(T) - self.margin))
-
-    def __repr__(self) -> str:
-        return f"DelayedEvaluation(t0_est={self.t0_est}, margin={self.margin})"
-
-
-def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
-
-
 def balance_step(theta: torch.Tensor, a: torch.Tensor, eta: float, channelwise: bool) -> torch.Tensor:
     """G8: ``theta + eta * 2 * mean(relu(a - theta))`` (per channel: over all dims but 1)."""
     a = a.detach().float()
     if channelwise:
-        over = torch.relu(a - _view(theta, a))
-        dims = [d for d in range(a.dim()) if d != 1]
-        return theta + eta * 2 * over.mean(dim=dims)
+        return theta + eta * 2 * channels.mean(torch.relu(a - channels.broadcast(theta, a)))
     return theta + eta * 2 * torch.relu(a - theta).mean()
 
 
@@ -138,37 +119,29 @@ def snnbridge_estimate_threshold(ctx, options):
     cw, eta = options["channelwise"], options["eta"]
     theta: dict[str, torch.Tensor] = {}
 
-    def make(name):
-        def hook(module, inputs, out):
-            if name not in theta:
-                theta[name] = torch.zeros(out.shape[1] if cw else (), device=out.device)
-            theta[name] = balance_step(theta[name], out, eta, cw)
-            th = theta[name]
-            return torch.minimum(out, _view(th, out) if cw else th.to(out.dtype))
-        return hook
+    def balance(name, x_in, out):  # update this site's theta on the batch, then pass the clipped activation on
+        if name not in theta:
+            theta[name] = torch.zeros(out.shape[1] if cw else (), device=out.device)
+        theta[name] = balance_step(theta[name], out, eta, cw)
+        th = theta[name]
+        return torch.minimum(out, channels.broadcast(th, out) if cw else th.to(out.dtype))
 
-    handles = [ctx.site_module(n).register_forward_hook(make(n)) for n in ctx.sites]
     K = options["iterations"]
-    try:
-        with torch.no_grad():
-            if K is None:
-                for x in ctx.batches(desc="ltb: threshold balancing"):
+    with torch.no_grad(), ctx.hooks(balance):
+        if K is None:
+            for x in ctx.batches(desc="ltb: threshold balancing"):
+                ctx.ann(x)
+        else:
+            bar = tqdm(total=K, desc="ltb: threshold balancing", unit="batch", disable=not ctx.progress, leave=False)
+            done = 0
+            for _ in count():
+                for x in ctx.batches(desc="ltb: pass over calibration data", limit=K - done):
                     ctx.ann(x)
-            else:
-                bar = tqdm(total=K, desc="ltb: threshold balancing", unit="batch", disable=not ctx.progress,
-                           leave=False)
-                done = 0
-                for _ in count():
-                    for x in ctx.batches(desc="ltb: pass over calibration data", limit=K - done):
-                        ctx.ann(x)
-                        done += 1
-                        bar.update(1)
-                    if done >= K:
-                        break
-                bar.close()
-    finally:
-        for h in handles:
-            h.remove()
+                    done += 1
+                    bar.update(1)
+                if done >= K:
+                    break
+            bar.close()
     out = {}
     for name, th in theta.items():
         th = th.float().cpu()
@@ -194,24 +167,16 @@ def estimate_delay(ctx, specs, batches: int) -> tuple[float, dict[str, float]]:
     sums: dict[str, torch.Tensor] = {}
     n = 0
 
-    def make(name):
-        spec = specs[name]
+    def clipped(name, x_in, out):  # the data mean of relu(z) at each site, in the clipped forward pass
+        z = torch.relu(x_in.detach().float()).sum(0)
+        sums[name] = z if name not in sums else sums[name] + z
+        th = specs[name].threshold
+        return out.clamp(max=th) if isinstance(th, float) else torch.minimum(out, channels.broadcast(th, out))
 
-        def hook(module, inputs, out):
-            z = torch.relu(inputs[0].detach().float()).sum(0)
-            sums[name] = z if name not in sums else sums[name] + z
-            th = spec.threshold
-            return out.clamp(max=th) if isinstance(th, float) else torch.minimum(out, _view(th.to(out.device), out))
-        return hook
-
-    handles = [ctx.site_module(name).register_forward_hook(make(name)) for name in ctx.sites]
-    try:
+    with ctx.hooks(clipped):
         for x in ctx.batches(desc="ltb: delay estimate", limit=batches):
             ctx.ann(x)
             n += x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
     per_site = {}
     for name, s in sums.items():
         m = (s / max(1, n)).flatten()
@@ -239,9 +204,9 @@ def snnbridge_correct_error(snn, ctx, options):
         est, per_site = estimate_delay(ctx, snn.specs, options["delay_batches"])
         t0 = int(math.floor(est)) if math.isfinite(est) else 0
         how = "estimated " + ", ".join(f"{k}: {v:.2f}" for k, v in per_site.items())
-    if snn.decode_delay is not None:
-        ctx.report["notes"].append(f"{NAME}: replaces the decoding delay set by an earlier plugin")
-    snn.decode_delay = DelayedEvaluation(t0, options["delay_margin"])
+    if snn.decode_window != DecodeWindow():
+        ctx.report["notes"].append(f"{NAME}: replaces the decoding window set by an earlier plugin")
+    snn.decode_window = DecodeWindow(delay=t0, keep=options["delay_margin"])
     ctx.report["notes"].append(f"{NAME}: delayed evaluation, t0_est = {t0} ({how}); decoding averages steps "
                                f"min(t0_est, T - {options['delay_margin']}) + 1 .. T")
     snn.report["ltb_t0_est"] = t0

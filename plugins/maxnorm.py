@@ -12,11 +12,7 @@ average of per-batch maxima (first batch initialises).
 
 from __future__ import annotations
 
-import torch
-
-from snnbridge import Option, PluginInfo, hookimpl
-
-from ._stats import positive_thresholds
+from snnbridge import EMAMaxObserver, MaxObserver, Option, PluginInfo, hookimpl
 
 NAME = "maxnorm"
 
@@ -38,26 +34,9 @@ def snnbridge_add_options():
     ]
 
 
-def batch_ema(ctx, reduce, momentum: float, channelwise: bool) -> dict[str, torch.Tensor]:
-    """EMA over calibration batches of a per-batch statistic ``reduce(tensor [C, N]) -> [C]``."""
-    ema: dict[str, torch.Tensor] = {}
-
-    def observe(name, t):
-        v = t.detach().float()
-        v = v.transpose(0, 1).reshape(v.shape[1], -1) if channelwise else v.reshape(1, -1)
-        stat = reduce(v)
-        ema[name] = stat if name not in ema else (1 - momentum) * ema[name] + momentum * stat
-
-    with torch.no_grad(), ctx.hooks(observe):
-        for x in ctx.batches(desc="ema statistics"):
-            ctx.ann(x)
-    return {n: (e if channelwise else e[0]) for n, e in ema.items()}
-
-
 @hookimpl
 def snnbridge_estimate_threshold(ctx, options):
-    if options["momentum"] is not None:
-        stats = batch_ema(ctx, lambda v: v.amax(dim=1), options["momentum"], options["channelwise"])
-    else:
-        stats = ctx.collect("max", channelwise=options["channelwise"])
-    return {name: positive_thresholds(value, name, ctx, NAME) for name, value in stats.items()}
+    axis = 1 if options["channelwise"] else None
+    momentum = options["momentum"]
+    observer = MaxObserver(axis) if momentum is None else EMAMaxObserver(momentum, axis)
+    return {name: ctx.usable_threshold(name, value, NAME) for name, value in ctx.collect(observer).items()}

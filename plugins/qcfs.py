@@ -147,17 +147,9 @@ def snnbridge_estimate_threshold(ctx, options):
     return out
 
 
-def _v0_overridden(ctx) -> bool:
-    """True when another recipe plugin provides the base initial potential (e.g. ``opi``)."""
-    recipe = getattr(ctx, "recipe", None)
-    if recipe is None:
-        return False
-    return any("v0_base" in s.info.provides for s in recipe.steps)
-
-
 @hookimpl
 def snnbridge_configure_neuron(site, spec, ctx, options):
-    if _v0_overridden(ctx):
+    if not ctx.recipe.is_active(NAME, "v0_base"):  # another plugin (e.g. opi) writes the initial potential
         return None
     phi = site_qcfs(ctx, site.name).shift
     return spec.replace(v0=phi * spec.threshold)

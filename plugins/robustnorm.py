@@ -10,11 +10,7 @@ percentile is taken over *all* post-ReLU values, zeros included, as SpikingJelly
 
 from __future__ import annotations
 
-import torch
-
-from snnbridge import Option, PluginInfo, hookimpl
-
-from ._stats import percentile, positive_thresholds
+from snnbridge import Option, PercentileObserver, PluginInfo, hookimpl
 
 NAME = "robustnorm"
 
@@ -41,15 +37,6 @@ def snnbridge_add_options():
 
 @hookimpl
 def snnbridge_estimate_threshold(ctx, options):
-    samples = ctx.collect("samples", channelwise=options["channelwise"], max_samples=options["max_samples"])
-    out = {}
-    for name, values in samples.items():
-        rows = values if options["channelwise"] else values.reshape(1, -1)
-        ths = []
-        for row in rows:
-            if options["nonzero"]:
-                row = row[row > 0]
-            ths.append(percentile(row, options["percentile"]) if row.numel() else torch.tensor(0.0))
-        th = torch.stack(ths)
-        out[name] = positive_thresholds(th if options["channelwise"] else th[0], name, ctx, NAME)
-    return out
+    observer = PercentileObserver(options["percentile"], 1 if options["channelwise"] else None,
+                                  options["max_samples"], options["nonzero"])
+    return {name: ctx.usable_threshold(name, value, NAME) for name, value in ctx.collect(observer).items()}

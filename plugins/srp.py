@@ -34,8 +34,7 @@ import math
 
 import torch
 
-from snnbridge import Option, PluginInfo, hookimpl
-from snnbridge.runtime import Adjustment, PresimRecord, SiteCorrection
+from snnbridge import Adjustment, Option, PluginInfo, PresimRecord, SiteCorrection, hookimpl
 
 NAME = "srp"
 

@@ -8,34 +8,62 @@ Quick start::
     logits = snn(images)            # runs T steps, returns the mean output
     curve = snn.sweep(images)       # [T, B, classes]: output after 1..T steps
 
-Plugin authors: see :mod:`snnbridge.hookspecs`.
+Plugin authors: :mod:`snnbridge.hookspecs` is the manual; everything a plugin needs is a
+name exported here (``snnbridge.__all__``).
 """
 
+from . import channels
+from .context import ConversionContext
 from .convert import convert
-from .diagnose import layer_report, plot_layer_report
-from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, OptionError,
-                     PluginConflictError, PluginLoadError, RecipeParseError, SnnbridgeError, UnknownPluginError,
-                     UnsupportedModelError)
-from .graph import PreparedGraph, prepare_graph
+from .corrections import (Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck,
+                          TimestepMismatchWarning)
+from .diagnose import layer_report
+from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError, OptionError,
+                     PluginConflictError, PluginError, PluginLoadError, RecipeParseError, SnnbridgeError,
+                     UnknownPluginError, UnsupportedModelError)
+from .evaluate import accuracy_curve
+from .factory import NeuronFactory, make_neuron_factory
+from .feeding import Feed
+from .graph import ConversionGraph, trace_for_conversion
 from .hookspecs import hookimpl
 from .io import load, save
-from .neurons import NeuronLayer, SimResult, simulate
+from .neurons import NeuronLayer, SimResult
+from .observers import (EMAMaxObserver, EMAObserver, MaxObserver, MeanObserver, Observer, PercentileObserver,
+                        ReservoirObserver, percentile)
 from .options import Option
-from .plugin import PluginInfo
-from .plugin_manager import get_registry
+from .plots import plot_accuracy, plot_layer_report
+from .plugin import CAPABILITIES, PluginInfo
+from .plugin_manager import PluginLoadWarning, get_registry
 from .prepare import prepare
-from .recipe import RunConfig, build_recipe, load_config, parse_config
-from .runtime import SpikingModel
+from .recipe import DataConfig, Recipe, RecipeEntry, RunConfig, build_recipe, load_config, parse_config
+from .recording import Recording, SiteTrace
+from .runtime import SpikingModel, SpikingSite
+from .simulation import simulate
 from .sites import SiteInfo
 from .spec import NeuronSpec
 
 __version__ = "0.1.0"
 
+#: old names, kept for existing code (same objects)
+prepare_graph = trace_for_conversion
+PreparedGraph = ConversionGraph
+
 __all__ = [
-    "convert", "layer_report", "plot_layer_report", "prepare", "prepare_graph", "simulate", "build_recipe", "load_config", "parse_config", "get_registry",
-    "hookimpl", "NeuronSpec", "NeuronLayer", "SimResult", "Option", "PluginInfo", "SiteInfo", "SpikingModel",
-    "PreparedGraph", "RunConfig", "save", "load",
-    "SnnbridgeError", "PluginLoadError", "UnknownPluginError", "OptionError", "PluginConflictError",
+    # conversion and running
+    "convert", "prepare", "simulate", "trace_for_conversion", "ConversionGraph", "SpikingModel", "SpikingSite",
+    "save", "load", "accuracy_curve", "layer_report", "plot_accuracy", "plot_layer_report",
+    # recipes and plugins
+    "build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig", "DataConfig",
+    "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option", "PluginLoadWarning",
+    # what plugins work with
+    "NeuronSpec", "NeuronLayer", "SimResult", "NeuronFactory", "make_neuron_factory", "SiteInfo", "ConversionContext", "channels",
+    "Observer", "MaxObserver", "MeanObserver", "EMAObserver", "EMAMaxObserver", "ReservoirObserver",
+    "PercentileObserver", "percentile",
+    "SiteCorrection", "PresimRecord", "Adjustment", "DecodeWindow", "TimestepCheck", "TimestepMismatchWarning",
+    "Recording", "SiteTrace", "Feed",
+    # errors
+    "SnnbridgeError", "PluginLoadError", "PluginError", "UnknownPluginError", "OptionError", "PluginConflictError",
     "MissingRequirementError", "RecipeParseError", "UnsupportedModelError", "InputError", "CalibrationError",
-    "BackendError", "__version__",
+    "BackendError", "ModelLoadError",
+    "__version__",
 ]

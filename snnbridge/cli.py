@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
-import inspect
 import json
-import math
 import os
 import shutil
 import sys
@@ -28,20 +24,8 @@ from typing import Any, Sequence
 
 PROG = "snnbridge"
 
-#: hook name -> short stage name, in pipeline order (discovery hooks are not stages)
-STAGES = {
-    "snnbridge_claim_module": "claim",
-    "snnbridge_replace_activation": "activation",
-    "snnbridge_estimate_threshold": "threshold",
-    "snnbridge_configure_neuron": "configure",
-    "snnbridge_make_neuron": "backend",
-    "snnbridge_correct_error": "correct",
-    "snnbridge_training_loss": "loss",
-    "snnbridge_surrogate": "surrogate",
-}
-_DISCOVERY_HOOKS = {"snnbridge_plugin_info", "snnbridge_add_options"}
-_KIND_TITLES = {"method": "Methods", "backend": "Backends", "training": "Training-side plugins"}
-_CONFIG_EXTRAS = {"model", "checkpoint", "data"}
+_KIND_TITLES = {"method": "Methods", "backend": "Backends", "training": "Training-side plugins",
+                "broken": "Broken plugins (left out; the others work)"}
 
 
 class CliError(Exception):
@@ -179,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for model construction and sampling (default: 0)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="calibration batch size "
                    "(default: 128)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto = cuda if available)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every site's neuron parameters")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
@@ -196,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", "-T", type=_int_list, metavar="T1,T2,...",
                    help="time steps to report (default: 1,2,4,... up to the SNN's T); one run at the largest")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE", help="write a plot of accuracy vs T (PNG, PDF or SVG)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and model construction (default: 0)")
@@ -291,49 +277,17 @@ def _progress(args) -> bool:
 # =============================================================================================
 
 
-def _json_value(value: Any) -> Any:
+def _fmt_default(value: Any) -> str:
     try:
-        json.dumps(value)
-        return value
+        return json.dumps(value)
     except (TypeError, ValueError):
         return repr(value)
 
 
-def plugin_records(names: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """A JSON-friendly description of installed plugins (what `snnbridge plugins --json` prints)."""
+def cmd_plugins(args) -> int:
     from .plugin_manager import get_registry
 
-    reg = get_registry()
-    for n in names:
-        reg.require(n)
-    out = []
-    for name in (names or reg.names()):
-        info = reg.info(name)
-        dist, version = reg.distribution(name)
-        hooks = reg.hooks_of(name)
-        stages = [STAGES[h] for h in STAGES if h in hooks]
-        stages += [h.removeprefix("snnbridge_") for h in hooks if h not in STAGES and h not in _DISCOVERY_HOOKS]
-        options = []
-        for o in reg.options(name):
-            options.append({"name": o.name, "type": o.type_name(), "default": _json_value(o.default), "help": o.help,
-                            "choices": None if o.choices is None else [_json_value(c) for c in o.choices],
-                            "range": o.check_help or None, "required": o.required, "nullable": o.nullable})
-        out.append({"name": name, "kind": info.kind, "distribution": dist, "version": version, "stages": stages,
-                    "hooks": hooks, "summary": info.summary, "reference": info.reference,
-                    "provides": list(info.provides), "fallback": list(info.fallback), "requires": list(info.requires),
-                    "conflicts": list(info.conflicts), "after": list(info.after), "needs_data": info.needs_data,
-                    "options": options})
-    order = {"method": 0, "backend": 1, "training": 2}
-    out.sort(key=lambda r: (order.get(r["kind"], 3), r["name"]))
-    return out
-
-
-def _fmt_default(value: Any) -> str:
-    return json.dumps(value) if _json_value(value) is value else repr(value)
-
-
-def cmd_plugins(args) -> int:
-    records = plugin_records(args.names)
+    records = get_registry().records(args.names)
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -348,7 +302,12 @@ def cmd_plugins(args) -> int:
             kind = r["kind"]
             _say(f"\n{_KIND_TITLES.get(kind, kind)}:")
         origin = r["distribution"] + (f" {r['version']}" if r["version"] else "")
-        flags = "  [needs data]" if r["needs_data"] else ""
+        if r["broken"]:
+            _say(f"  {r['name']:<14} {origin:<22} BROKEN")
+            for line in textwrap.wrap(r["broken"], width - 6):
+                _say(f"      {line}")
+            continue
+        flags = ("  [needs data]" if r["needs_data"] is True else "") + ("  [T-specific]" if r["t_specific"] else "")
         _say(f"  {r['name']:<14} {origin:<22} stages: {', '.join(r['stages']) or '-'}{flags}")
         for line in textwrap.wrap(r["summary"], width - 6) or ["(no summary)"]:
             _say(f"      {line}")
@@ -357,6 +316,8 @@ def cmd_plugins(args) -> int:
                 for i, line in enumerate(textwrap.wrap(r["reference"], width - 17, break_on_hyphens=False)):
                     _say(f"      {'reference: ' if i == 0 else ' ' * 11}{line}")
             caps = [f"{k} {', '.join(r[k])}" for k in ("provides", "fallback", "requires", "conflicts", "after") if r[k]]
+            if r["aliases"]:
+                caps.append(f"also named {', '.join(r['aliases'])}")
             if caps:
                 _say(f"      capabilities: {'; '.join(caps)}")
         if not r["options"]:
@@ -397,182 +358,31 @@ def cmd_plugins(args) -> int:
 # =============================================================================================
 
 
-def load_model(spec: str):
-    """Build the ANN from ``module:factory`` (``module`` may be a dotted name or a path to a .py file)."""
-    from torch import nn
-
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise CliError(f"--model must look like MODULE:FACTORY (e.g. examples.cifar10.model:make_model), got {spec!r}.")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise CliError(f"--model {spec}: the file {module_name!r} does not exist.")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[path.stem] = module
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise CliError(f"--model {spec}: running {module_name} failed: {type(exc).__name__}: {exc} "
-                           "(--debug shows the traceback)") from exc
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or ""
-            if missing and (module_name == missing or module_name.startswith(missing + ".")):
-                raise CliError(
-                    f"--model {spec}: cannot import module {module_name!r} (no module named {missing!r}). Run "
-                    f"snnbridge from the folder that contains it (the current directory, {cwd}, is importable), "
-                    f"add its folder to PYTHONPATH, or give the file path (path/to/file.py:{attr}).") from exc
-            raise CliError(f"--model {spec}: importing {module_name!r} failed because it needs the module "
-                           f"{missing!r}, which is not installed.") from exc
-        except Exception as exc:
-            raise CliError(f"--model {spec}: importing {module_name!r} failed: {type(exc).__name__}: {exc} "
-                           "(--debug shows the traceback)") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            from .errors import did_you_mean
-
-            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-            raise CliError(f"--model {spec}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}."
-                           f"{did_you_mean(part, names)} Callables there: {', '.join(names[:12]) or 'none'}.")
-        obj = getattr(obj, part)
-    if isinstance(obj, nn.Module):
-        model = obj
-    elif callable(obj):
-        try:
-            required = [p.name for p in inspect.signature(obj).parameters.values()
-                        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        except (TypeError, ValueError):  # no signature (some builtins): just call it
-            required = []
-        if required:
-            raise CliError(f"--model {spec}: {attr}() needs the argument(s) {', '.join(required)}; the factory must "
-                           "work without arguments: wrap it in a small function with your settings.")
-        model = obj()
-    else:
-        raise CliError(f"--model {spec}: {attr!r} is of type {type(obj).__name__}, not a function returning a model.")
-    if not isinstance(model, nn.Module):
-        raise CliError(f"--model {spec}: {attr}() returned {type(model).__name__}, not a torch.nn.Module.")
-    return model
-
-
-_STATE_KEYS = ("model", "state_dict", "model_state_dict", "net", "weights")
-
-
-def load_checkpoint(model, path: str, trust: bool = False) -> None:
-    """Load weights into ``model`` from a state_dict file (or a dict holding one); errors say what does not fit."""
-    import pickle
-
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"checkpoint {path!r} does not exist; give the file saved with torch.save(model.state_dict(), "
-                       "...) (or drop --checkpoint to convert the untrained model).")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        raise CliError(f"checkpoint {path!r} holds Python objects besides tensors, which the safe loader refuses "
-                       f"({str(exc).splitlines()[0]}). Save a plain state_dict, or pass --trust-checkpoint if you "
-                       "trust the file.") from exc
-    except Exception as exc:
-        raise CliError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict) and not _is_state_dict(obj):
-        for key in _STATE_KEYS:
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-            if key in obj and isinstance(obj[key], torch.nn.Module):
-                obj = obj[key].state_dict()
-                break
-    if not isinstance(obj, dict) or not _is_state_dict(obj):
-        what = f"a dict with keys {', '.join(sorted(map(str, obj))[:8])}" if isinstance(obj, dict) else type(obj).__name__
-        raise CliError(f"checkpoint {path!r} is not a state_dict (it holds {what}); save model.state_dict(), or a "
-                       f"dict with the state_dict under one of {', '.join(_STATE_KEYS)}.")
-    own = model.state_dict()
-    if obj and not any(k in own for k in obj) and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DataParallel
-    missing = [k for k in own if k not in obj]
-    unexpected = [k for k in obj if k not in own]
-    shapes = [f"{k} (checkpoint {tuple(obj[k].shape)}, model {tuple(own[k].shape)})" for k in own
-              if k in obj and hasattr(obj[k], "shape") and tuple(obj[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing in the checkpoint: {_few(missing)}")
-        if unexpected:
-            parts.append(f"not in the model: {_few(unexpected)}")
-        if shapes:
-            parts.append(f"different shapes: {_few(shapes)}")
-        raise CliError(f"checkpoint {path!r} does not fit the model ({'; '.join(parts)}). Check that --model builds "
-                       "the architecture the checkpoint was trained with (same width, depth and number of classes).")
-    model.load_state_dict(obj)
-
-
-def _is_state_dict(obj: dict) -> bool:
-    import torch
-
-    return bool(obj) and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _few(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
 class _Setup:
-    """Model, recipe and data settings from the config file and the flags (flags win)."""
+    """Model, recipe and data settings from the config file (validated as a whole) and the flags (flags win)."""
 
     def __init__(self, args):
         from .recipe import load_config
 
         self.config_path = args.config
         self.cfg = load_config(args.config) if args.config else None
-        extra = dict(self.cfg.extra) if self.cfg else {}
-        for key in extra:
-            if key not in _CONFIG_EXTRAS:
-                from .errors import did_you_mean
-
-                _warn(f"{args.config}: the key {key!r} is not used.{did_you_mean(key, ['recipe', 'backend', 'timesteps', *_CONFIG_EXTRAS])}")
-        self.model_spec = args.model or _config_str(extra, "model", args.config)
-        self.checkpoint = args.checkpoint or _config_str(extra, "checkpoint", args.config)
-        data = extra.get("data")
-        data_cfg: dict[str, Any] = {}
-        if isinstance(data, str):
-            data_cfg = {"path": data}
-        elif isinstance(data, dict):
-            unknown = set(data) - {"path", "image_size", "mean", "std"}
-            if unknown:
-                raise CliError(f"{args.config}: 'data' takes path, image_size, mean and std; unknown: "
-                               f"{', '.join(sorted(unknown))}.")
-            data_cfg = dict(data)
-        elif data is not None:
-            raise CliError(f"{args.config}: 'data' must be a path or a mapping with path, image_size, mean, std.")
-        self.data_path = getattr(args, "data", None) or data_cfg.get("path")
-        self.norm = {k: data_cfg[k] for k in ("image_size", "mean", "std") if data_cfg.get(k) is not None}
-        if self.cfg:
-            self.backend = args.backend or self.cfg.backend
-            self.backend_options = self.cfg.backend_options if self.backend == self.cfg.backend else {}
-            if args.backend and args.backend != self.cfg.backend and self.cfg.backend_options:
-                _warn(f"--backend {args.backend} replaces the config's backend {self.cfg.backend!r}; its options "
-                      f"({', '.join(self.cfg.backend_options)}) are not used.")
-            self.timesteps = args.conv_timesteps or self.cfg.timesteps
+        cfg = self.cfg
+        self.model_spec = args.model or (cfg.model if cfg else None)
+        self.checkpoint = args.checkpoint or (cfg.checkpoint if cfg else None)
+        data = cfg.data if cfg else None
+        self.data_path = getattr(args, "data", None) or (data.path if data else None)
+        self.norm = {k: getattr(data, k) for k in ("image_size", "mean", "std") if data and getattr(data, k) is not None}
+        if cfg:
+            self.backend = args.backend or cfg.backend
+            self.backend_options = cfg.backend_options if self.backend == cfg.backend else {}
+            if args.backend and args.backend != cfg.backend and cfg.backend_options:
+                _warn(f"--backend {args.backend} replaces the config's backend {cfg.backend!r}; its options "
+                      f"({', '.join(cfg.backend_options)}) are not used.")
+            self.timesteps = args.conv_timesteps or cfg.timesteps
+            self.disable = cfg.disable
         else:
             self.backend, self.backend_options, self.timesteps = args.backend or "torch", {}, args.conv_timesteps or 32
-
-
-def _config_str(extra: dict, key: str, source: str | None) -> str | None:
-    value = extra.get(key)
-    if value is not None and not isinstance(value, str):
-        raise CliError(f"{source}: {key!r} must be a string, got {value!r}.")
-    return value
+            self.disable = []
 
 
 def _data_settings(args, *layers: dict) -> dict[str, Any]:
@@ -615,27 +425,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _convert(args, setup: _Setup, device, progress: bool):
-    """Build, load, calibrate and convert; return (snn, ann, metadata, calibration description)."""
+    """Build, load, calibrate and convert; return (snn, ann, metadata)."""
     import torch
 
     from .convert import convert
     from .data import open_image_folder
-    from .plugin_manager import get_registry
+    from .factory import make_neuron_factory
+    from .loading import load_checkpoint, load_model
     from .recipe import build_recipe
-    from .options import resolve_options
 
     if setup.cfg is None:
         raise CliError("give --config RECIPE (a .yaml or .toml recipe file) to convert.")
     if not setup.model_spec:
         raise CliError("give --model MODULE:FACTORY (or 'model:' in the config) to say how to build the ANN.")
-    recipe = build_recipe(setup.cfg.recipe)           # validate everything before any work
-    reg = get_registry()
-    reg.require(setup.backend, kind="backend")
-    if reg.info(setup.backend).kind != "backend":
-        raise CliError(f"{setup.backend!r} is a method plugin, not a neuron backend; choose one of "
-                       f"{', '.join(reg.names('backend'))}.")
-    resolve_options(setup.backend, reg.options(setup.backend), setup.backend_options)
-    needing = [s.name for s in recipe.steps if s.info.needs_data]
+    recipe = build_recipe(setup.cfg.recipe, disable=setup.disable)  # validate everything before any work
+    make_neuron_factory(setup.backend, setup.backend_options, recipe.registry)
+    needing = recipe.needs_data()
     if needing and not setup.data_path:
         raise CliError(f"the recipe's plugin {needing[0]!r} needs calibration images: add --data PATH (an image folder "
                        "or .tar.gz, with a train/ split or <class>/<image> files).")
@@ -658,9 +463,9 @@ def _convert(args, setup: _Setup, device, progress: bool):
         data = open_image_folder(setup.data_path, args.calib_split, **norm)
         classes = data.classes
         indices = data.sample(args.calib_samples, seed=args.seed)
-        calibration = [x for x, _ in data.batches(indices, args.batch_size)]
+        calibration = [x for x, _ in data.batches(indices, args.batch_size, workers=args.workers)]
         calib_desc = {"path": str(setup.data_path), "split": data.split, "samples": len(indices), "seed": args.seed,
-                      "images_available": len(data)}
+                      "images_available": len(data), "indices": indices}
     elif getattr(args, "input_shape", None):
         example = torch.zeros(1, *args.input_shape, device=device)
     else:
@@ -677,13 +482,6 @@ def _convert(args, setup: _Setup, device, progress: bool):
     metadata = {"model": setup.model_spec, "checkpoint": setup.checkpoint, "config": setup.config_path,
                 "data": norm, "classes": classes, "calibration": calib_desc}
     return snn, ann, metadata
-
-
-def _steps_for(snn, T: int) -> int:
-    """Steps actually simulated for T counted ones (pre-simulation included)."""
-    if hasattr(snn, "steps_for"):
-        return int(snn.steps_for(T))
-    return int(snn.steps_run - snn.timesteps + T)
 
 
 def _presim_text(snn) -> str:
@@ -785,7 +583,9 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .data import open_image_folder
+    from .evaluate import accuracy_curve
     from .io import load
+    from .loading import load_checkpoint, load_model
 
     started = time.perf_counter()
     if args.snn and args.config:
@@ -834,49 +634,25 @@ def cmd_evaluate(args) -> int:
     if classes and list(classes) != data.classes:
         _warn(f"the evaluation classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
               f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
-    steps = args.timesteps or _default_steps(snn.timesteps)
-    t_max = max(steps)
     indices = data.sample(args.samples, seed=args.seed)
-    correct = torch.zeros(t_max, dtype=torch.long)
-    ann_correct = 0
-    seen = 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress, leave=False)
     try:
-        with torch.no_grad():
-            for x, y in data.batches(indices, args.batch_size):
-                x, y = x.to(device), y.to(device)
-                try:
-                    curve = snn.sweep(x, timesteps=t_max)          # [T, B, K]: output after 1..T steps
-                    if ann is not None:
-                        ann_correct += int((ann(x).argmax(-1) == y).sum())
-                except RuntimeError as exc:
-                    raise CliError(f"the model failed on images shaped {list(x.shape)}: {_first_line(exc)}. Check "
-                                   "--image-size, --mean/--std and the data; --debug shows the traceback.") from exc
-                if curve.dim() != 3:
-                    raise CliError(f"the SNN's output per step is shaped {list(curve.shape[1:])}; evaluate needs "
-                                   "class scores [B, classes].")
-                correct += (curve.argmax(-1) == y.unsqueeze(0)).sum(1).cpu()
-                seen += y.shape[0]
-                bar.update(y.shape[0])
-    finally:
-        bar.close()
-    acc = (correct.double() / max(seen, 1)).tolist()
-    results = [{"T": t, "steps_run": _steps_for(snn, t), "accuracy": acc[t - 1]} for t in steps]
-    ann_acc = ann_correct / max(seen, 1) if ann is not None else None
-    seconds = time.perf_counter() - started
-    summary = {
-        "snn": source, "recipe": snn.recipe, "backend": snn.backend_name, "snn_timesteps": snn.timesteps,
-        "warmup": snn.warmup, "lookahead": getattr(snn, "lookahead", 0), "presimulation": _presim_text(snn),
-        "data": str(setup.data_path), "split": data.split, "samples": seen,
-        "images_available": len(data), "seed": args.seed, "ann_accuracy": ann_acc, "results": results,
-        "timesteps": [r["T"] for r in results], "steps_run": [r["steps_run"] for r in results],
-        "accuracy": [r["accuracy"] for r in results], "seconds": round(seconds, 3),
-    }
+        curve = accuracy_curve(snn, data.batches(indices, args.batch_size, workers=args.workers),
+                               args.timesteps, ann=ann, device=device, progress=progress)
+    except RuntimeError as exc:
+        raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "
+                       "--mean/--std and the data; --debug shows the traceback.") from exc
+    results = [{"T": t, "steps_run": n, "accuracy": a}
+               for t, n, a in zip(curve["timesteps"], curve["steps_run"], curve["accuracy"])]
     from . import __version__
 
-    summary["snnbridge_version"] = __version__
+    summary = {
+        "snn": source, "recipe": snn.recipe, "backend": snn.backend_name, "snn_timesteps": snn.timesteps,
+        "warmup": snn.warmup, "lookahead": snn.lookahead, "presimulation": _presim_text(snn),
+        "data": str(setup.data_path), "split": data.split, "samples": curve["samples"],
+        "images_available": len(data), "seed": args.seed, "ann_accuracy": curve["ann_accuracy"], "results": results,
+        "timesteps": curve["timesteps"], "steps_run": curve["steps_run"], "accuracy": curve["accuracy"],
+        "seconds": round(time.perf_counter() - started, 3), "snnbridge_version": __version__,
+    }
     if args.json == "-":  # keep stdout pure JSON
         with contextlib.redirect_stdout(sys.stderr):
             _print_table(summary)
@@ -893,11 +669,6 @@ def cmd_evaluate(args) -> int:
         _write(args.plot, lambda p: _plot(summary, p))
         _say(f"wrote {args.plot}")
     return 0
-
-
-def _default_steps(T: int) -> list[int]:
-    steps = [2 ** k for k in range(int(math.log2(T)) + 1)]
-    return sorted(set(steps + [T]))
 
 
 def _write(path: str, writer) -> None:
@@ -929,28 +700,13 @@ def _print_table(s: dict) -> None:
 
 
 def _plot(s: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plots import plot_accuracy
 
-    fig = Figure(figsize=(5.5, 3.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ts = s["timesteps"]
-    ax.plot(ts, [100 * a for a in s["accuracy"]], marker="o", label=f"SNN ({s['backend']})")
-    if s["ann_accuracy"] is not None:
-        ax.axhline(100 * s["ann_accuracy"], color="gray", linestyle="--", label="ANN")
-    if len(ts) > 1 and max(ts) / min(ts) >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ts)
-    ax.set_xticklabels([str(t) for t in ts])
-    ax.set_xlabel("counted time steps T" + (f" ({s['presimulation']})" if s["presimulation"] else ""))
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(textwrap.fill(_recipe_text(s["recipe"]), 80), fontsize=7)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
+    names = ", ".join(name for entry in s["recipe"] for name in entry)
+    xlabel = "counted time steps T" + (f" ({s['presimulation']})" if s["presimulation"] else "")
+    plot_accuracy([{"label": f"SNN ({s['backend']})", "timesteps": s["timesteps"], "accuracy": s["accuracy"]}],
+                  path, ann_accuracy=s["ann_accuracy"], xlabel=xlabel,
+                  title=f"{names}: accuracy vs T ({s['samples']} images, {s['split'] or 'all'} split)")
 
 
 if __name__ == "__main__":

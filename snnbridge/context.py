@@ -1,30 +1,31 @@
 """ConversionContext: what plugins see during conversion.
 
-It holds the prepared reference ANN (the *untouched* copy: corrections compare against
-it and never edit it), the activation sites in topological order, the conversion's T, and
-the calibration data. :meth:`ConversionContext.collect` gathers activation statistics over
-the calibration batches, with a tqdm progress bar, and caches them so several plugins
-share one pass.
-
-Statistics are generic (no method math): the true global maximum (never a running
-average), the mean, and a uniform random sample of activation values (a reservoir; all
-values when there are fewer than ``max_samples``), layer-wise or per channel.
+It holds the traced reference ANN (the *untouched* copy: corrections compare against it and
+never edit it), the activation sites in topological order, the conversion's T, the recipe,
+and the calibration data. :meth:`ConversionContext.collect` gathers observer statistics
+(:mod:`snnbridge.observers`) over the calibration batches with a progress bar, and caches
+them so plugins asking for the same statistic share one pass.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .corrections import calibrated_timesteps
 from .errors import CalibrationError
-from .graph import PreparedGraph, site_attr
+from .graph import ConversionGraph, site_attr
+from .observers import Observer
 from .sites import SiteInfo
 
 _INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
+
+#: ``fn(site_name, site_input, site_output) -> replacement output or None`` (see ConversionContext.hooks)
+SiteHook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 def batch_input(batch: Any) -> torch.Tensor:
@@ -45,12 +46,12 @@ def batch_input(batch: Any) -> torch.Tensor:
 class ConversionContext:
     """Shared state of one conversion (see the module docstring)."""
 
-    def __init__(self, prepared: PreparedGraph, *, timesteps: int, calibration: Iterable | None = None,
+    def __init__(self, graph: ConversionGraph, *, timesteps: int, calibration: Iterable | None = None,
                  max_batches: int | None = None, device: torch.device | None = None, progress: bool = True,
                  recipe=None, backend: str = "torch", seed: int = 0):
-        self.prepared = prepared
-        self.ann: nn.Module = prepared.module
-        self.sites: dict[str, SiteInfo] = prepared.sites
+        self.graph = graph
+        self.ann: nn.Module = graph.module
+        self.sites: dict[str, SiteInfo] = graph.sites
         self.timesteps = timesteps
         self.recipe = recipe
         self.backend = backend
@@ -112,21 +113,39 @@ class ConversionContext:
         if n == 0:
             raise CalibrationError("the calibration data yielded no batches; pass a non-empty DataLoader or list.")
 
-    # -- observation ------------------------------------------------------------------------------------
+    def take(self, samples: int | None = None, *, limit: int | None = None, desc: str = "calibration") -> list[torch.Tensor]:
+        """Calibration batches holding ``samples`` images in all (the last batch cut), or every batch when None."""
+        out, have = [], 0
+        for x in self.batches(desc=desc, limit=limit):
+            if samples is not None and have + x.shape[0] > samples:
+                x = x[: samples - have]
+            out.append(x)
+            have += x.shape[0]
+            if samples is not None and have >= samples:
+                break
+        return out
+
+    def timesteps_for(self, options: dict[str, Any]) -> int:
+        """The T a T-specific plugin calibrates for: its ``timesteps`` option, else the conversion's T."""
+        return calibrated_timesteps(options, self.timesteps)
+
+    # -- the reference ANN ---------------------------------------------------------------------------------
     def site_module(self, name: str):
         """The :class:`~snnbridge.sites.ActivationSite` of ``name`` in the reference ANN (read it, don't edit it)."""
         return self.ann.get_submodule(site_attr(name))
 
     @contextmanager
-    def hooks(self, fn, where: str = "output"):
-        """Temporarily call ``fn(site_name, tensor)`` on each site's output (or input) in the reference ANN."""
+    def hooks(self, fn: SiteHook, sites: Iterable[str] | None = None):
+        """Call ``fn(site, input, output)`` at every site (or the given ones) during ANN forwards in the block.
+
+        Return ``None`` to observe only; return a tensor to replace the site's output for
+        the layers after it (e.g. a clipped activation, as local threshold balancing needs).
+        """
         handles = []
-        for name in self.sites:
-            module = self.ann.get_submodule(site_attr(name))
-            if where == "output":
-                handles.append(module.register_forward_hook(lambda m, i, o, n=name: fn(n, o)))
-            else:
-                handles.append(module.register_forward_hook(lambda m, i, o, n=name: fn(n, i[0])))
+        for name in (self.sites if sites is None else sites):
+            def hook(module, inputs, output, name=name):
+                return fn(name, inputs[0], output)
+            handles.append(self.site_module(name).register_forward_hook(hook))
         try:
             yield
         finally:
@@ -137,73 +156,79 @@ class ConversionContext:
     def site_activations(self, x: torch.Tensor, where: str = "output") -> dict[str, torch.Tensor]:
         """Run the reference ANN on ``x`` and return every site's output (or input) tensor."""
         out: dict[str, torch.Tensor] = {}
-        with self.hooks(lambda n, t: out.__setitem__(n, t.detach()), where):
+        pick = 2 if where == "output" else 1
+        with self.hooks(lambda n, i, o: out.__setitem__(n, (n, i, o)[pick].detach())):
             self.ann(x.to(self.device))
         return out
 
     @torch.no_grad()
-    def collect(self, stat: str = "max", *, where: str = "output", channelwise: bool = False,
-                max_samples: int = 1 << 20, limit: int | None = None) -> dict[str, torch.Tensor]:
-        """Activation statistics per site over the calibration batches (cached).
+    def collect(self, observer: Observer, *, where: str = "output", limit: int | None = None,
+                batches: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Run the calibration batches through the reference ANN and return ``observer``'s result per site.
 
-        ``stat``: ``"max"`` (true global maximum), ``"mean"``, or ``"samples"`` (uniform random
-        sample of up to ``max_samples`` values per site, or per channel when ``channelwise``;
-        all values when there are fewer). Channel-wise results have the channel first:
-        ``[C]`` for max/mean, ``[C, n]`` for samples.
+        A fresh copy of ``observer`` watches every site's output (``where="input"``: its
+        input). Results are cached by ``observer.key()``, ``where`` and ``limit``, so several
+        plugins asking for the same statistic share one pass. ``batches`` observes these
+        batches instead of the calibration data (not cached).
         """
-        if stat not in ("max", "mean", "samples"):
-            raise ValueError(f"unknown statistic {stat!r}; use 'max', 'mean' or 'samples'")
-        key = (stat, where, channelwise, max_samples, limit)
-        if key in self._cache:
+        if where not in ("output", "input"):
+            raise ValueError(f"where must be 'output' or 'input', got {where!r}")
+        key = (observer.key(), where, limit)
+        if batches is None and key in self._cache:
             return self._cache[key]
-        acc: dict[str, Any] = {}
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        per_site: dict[str, Observer] = {}
+        for name in self.sites:
+            per_site[name] = observer.fresh()
+            per_site[name].generator = generator
+        seen: set[str] = set()
 
-        def observe(name: str, t: torch.Tensor):
+        def observe(name, x_in, x_out):
+            t = x_out if where == "output" else x_in
             if not torch.isfinite(t).all():
                 raise CalibrationError(f"activation site {name!r} produced NaN/Inf on the calibration data; check the "
                                        "model's weights (or BatchNorm running statistics) before converting.")
             info = self.sites[name]
             if info.shape is None:
                 info.shape = tuple(t.shape[1:])
-            v = t.detach().float()
-            if channelwise:
-                v = v.transpose(0, 1).reshape(v.shape[1], -1)  # [C, N]
-            else:
-                v = v.reshape(1, -1)
-            if stat == "max":
-                m = v.amax(dim=1)
-                acc[name] = m if name not in acc else torch.maximum(acc[name], m)
-            elif stat == "mean":
-                s, c = v.sum(dim=1, dtype=torch.float64), v.shape[1]
-                prev = acc.get(name, (0.0, 0))
-                acc[name] = (prev[0] + s, prev[1] + c)
-            else:
-                keys = torch.rand(v.shape, generator=gen).to(v.device)
-                if name in acc:
-                    pv, pk = acc[name]
-                    v, keys = torch.cat([pv, v], 1), torch.cat([pk, keys], 1)
-                if v.shape[1] > max_samples:
-                    keys, idx = torch.topk(keys, max_samples, dim=1, largest=False)
-                    v = torch.gather(v, 1, idx)
-                acc[name] = (v, keys)
+            per_site[name].observe(t)
+            seen.add(name)
 
-        with self.hooks(observe, where):
-            for x in self.batches(desc=f"collect {stat}", limit=limit):
-                self.ann(x)
-        out = {}
-        for name in self.sites:
-            if name not in acc:
-                raise CalibrationError(f"activation site {name!r} was never reached by the calibration data; check "
-                                       "that the model's forward uses it.")
-            a = acc[name]
-            if stat == "mean":
-                a = (a[0] / a[1]).float()
-            elif stat == "samples":
-                a = a[0]
-            out[name] = a if channelwise else (a[0] if stat != "samples" else a[0])
-        self._cache[key] = out
+        with self.hooks(observe):
+            for x in (batches if batches is not None else self.batches(desc=f"collect {observer.label}", limit=limit)):
+                self.ann(x.to(self.device))
+        missing = [n for n in self.sites if n not in seen]
+        if missing:
+            raise CalibrationError(f"activation site {missing[0]!r} was never reached by the calibration data; check "
+                                   "that the model's forward uses it.")
+        out = {name: obs.compute() for name, obs in per_site.items()}
+        if batches is None:
+            self._cache[key] = out
         return out
+
+    def usable_threshold(self, site: str, values: torch.Tensor | float, plugin: str) -> torch.Tensor | float:
+        """Make an estimated threshold valid: replace channels that never activated (<= 0) and say so.
+
+        A channel whose activation is never positive on the calibration data would get a zero
+        threshold (its neurons would fire on every step); it gets the largest threshold of its
+        site instead (1.0 if the whole site is silent), and the conversion report notes it.
+        """
+        if not isinstance(values, torch.Tensor):
+            values = torch.tensor(float(values))
+        if values.dim() == 0:
+            v = float(values)
+            if v > 0:
+                return v
+            self.report["notes"].append(f"{plugin}: site {site} never activated on the calibration data; threshold "
+                                        "set to 1.0")
+            return 1.0
+        dead = values <= 0
+        if dead.any():
+            fill = float(values.max()) if float(values.max()) > 0 else 1.0
+            self.report["notes"].append(f"{plugin}: {int(dead.sum())} channel(s) of site {site} never activated; "
+                                        f"their threshold is set to {fill:.4g}")
+            values = torch.where(dead, torch.full_like(values, fill), values)
+        return values
 
     @torch.no_grad()
     def infer_shapes(self, example: torch.Tensor) -> None:

@@ -17,14 +17,17 @@ import torch
 from torch import nn
 
 from .context import ConversionContext
-from .errors import InputError, MissingRequirementError, SnnbridgeError
-from .graph import prepare_graph
+from .corrections import TimestepCheck
+from .errors import InputError, MissingRequirementError, PluginError
+from .factory import make_neuron_factory
+from .graph import trace_for_conversion
 from .recipe import Recipe, build_recipe
-from .runtime import SpikingModel, make_neuron_factory
+from .runtime import SpikingModel
 from .spec import NeuronSpec
 
 
-def _check_timesteps(timesteps: Any) -> int:
+def check_timesteps(timesteps: Any) -> int:
+    """``timesteps`` as a positive int, or an :class:`~snnbridge.errors.InputError` naming the fix."""
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise InputError(f"timesteps must be a positive whole number (e.g. 32), got {timesteps!r}.")
     return timesteps
@@ -46,7 +49,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     Args:
         model: any ``torch.nn.Module`` (never modified; conversion works on a copy).
         recipe: ordered method plugins, e.g. ``["maxnorm"]`` or
-            ``[{"robustnorm": {"percentile": 99.99, "channelwise": True}}]`` (or plugin objects).
+            ``[{"robustnorm": {"percentile": 99.99, "channelwise": True}}]`` (or plugin objects,
+            or a :class:`~snnbridge.recipe.Recipe`).
         calibration: a DataLoader or iterable of tensors / ``(input, target)`` tuples, for
             plugins that need data.
         backend: ``"torch"`` (reference), ``"spikingjelly"`` or ``"snntorch"`` (or any installed adapter).
@@ -62,11 +66,11 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
         ``snn.sweep(x)`` the output after each of 1..T steps.
     """
     started = time.perf_counter()
-    timesteps = _check_timesteps(timesteps)
+    timesteps = check_timesteps(timesteps)
     rec: Recipe = recipe if isinstance(recipe, Recipe) else build_recipe(recipe)
     registry = rec.registry
     factory = make_neuron_factory(backend, backend_options, registry)
-    needing = [s.name for s in rec.steps if s.info.needs_data]
+    needing = rec.needs_data()
     if needing and calibration is None:
         raise MissingRequirementError(
             f"plugin {needing[0]!r} needs calibration data; pass calibration=<a DataLoader or list of batches> "
@@ -74,26 +78,28 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     if not isinstance(model, nn.Module):
         raise InputError(f"snnbridge.convert takes a torch.nn.Module, got {type(model).__name__}.")
 
-    prepared = prepare_graph(model, claim=registry.claim_module)
-    ctx = ConversionContext(prepared, timesteps=timesteps, calibration=calibration, max_batches=calibration_batches,
-                            device=_model_device(model), progress=progress, recipe=rec, backend=backend, seed=seed)
+    graph = trace_for_conversion(model, claim=registry.claim_module)
+    ctx = ConversionContext(graph, timesteps=timesteps, calibration=calibration, max_batches=calibration_batches,
+                            device=_model_device(model), progress=progress, recipe=rec, backend=factory.backend,
+                            seed=seed)
     if example_input is not None:
         ctx.infer_shapes(example_input.to(ctx.device))
     elif calibration is not None:
         for first in ctx.batches(desc="shapes", limit=1):  # a loop, so the generator (and its bar) closes
             ctx.infer_shapes(first)
-    if not prepared.sites:
+    if not graph.sites:
         raise InputError("the model has no activation (ReLU-like) to convert into neurons; nothing would spike. "
                          "snnbridge converts networks with nn.ReLU / F.relu / ReLU6 / clip activations.")
 
-    # thresholds: the single provider (validated), else its fallback provider
-    provider = rec.provider("threshold")
+    # thresholds: the recipe's active provider (validated to exist)
+    provider = rec.active_provider("threshold")
     assert provider is not None  # guaranteed by recipe validation
     thresholds = registry.call(provider.name, "snnbridge_estimate_threshold", ctx=ctx, options=provider.options)
-    if not isinstance(thresholds, dict) or set(thresholds) != set(prepared.sites):
-        missing = sorted(set(prepared.sites) - set(thresholds or {}))
-        raise SnnbridgeError(f"plugin {provider.name!r} returned thresholds for the wrong sites (missing: "
-                             f"{', '.join(missing) or 'none'}); a threshold estimator must return one per site.")
+    if not isinstance(thresholds, dict) or set(thresholds) != set(graph.sites):
+        missing = sorted(set(graph.sites) - set(thresholds or {})) if isinstance(thresholds, dict) else list(graph.sites)
+        raise PluginError(f"plugin {provider.name!r} returned thresholds for the wrong sites (missing: "
+                          f"{', '.join(missing) or 'none'}); a threshold estimator must return a dict with one "
+                          "threshold per site.")
     specs = {}
     for name, th in thresholds.items():
         try:
@@ -101,24 +107,27 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
         except InputError as exc:
             raise InputError(f"plugin {provider.name!r} gave site {name!r} an invalid threshold: {exc}") from exc
 
-    for step in rec.steps:
-        for name, info in prepared.sites.items():
-            new = registry.call(step.name, "snnbridge_configure_neuron", default=None, site=info, spec=specs[name],
-                                ctx=ctx, options=step.options)
+    for entry in rec.entries:
+        for name, info in graph.sites.items():
+            new = registry.call(entry.name, "snnbridge_configure_neuron", default=None, site=info, spec=specs[name],
+                                ctx=ctx, options=entry.options)
             if new is not None:
                 if not isinstance(new, NeuronSpec):
-                    raise SnnbridgeError(f"plugin {step.name!r}: snnbridge_configure_neuron must return a NeuronSpec "
-                                         f"or None, got {type(new).__name__}.")
+                    raise PluginError(f"plugin {entry.name!r}: snnbridge_configure_neuron must return a NeuronSpec "
+                                      f"or None, got {type(new).__name__}.")
                 specs[name] = new
 
-    report = {"recipe": rec.to_list(), "backend": backend, "timesteps": timesteps, "graph": prepared.report,
+    report = {"recipe": rec.to_list(), "backend": factory.backend, "timesteps": timesteps, "graph": graph.report,
               "sites": {n: {"kind": i.kind, "shape": list(i.shape) if i.shape else None, "pre_pool": i.pre_pool}
-                        for n, i in prepared.sites.items()}}
-    snn = SpikingModel.build(prepared, specs, factory, timesteps=timesteps, input_shape=ctx.input_shape,
+                        for n, i in graph.sites.items()}}
+    snn = SpikingModel.build(graph, specs, factory, timesteps=timesteps, input_shape=ctx.input_shape,
                              recipe=rec.to_list(), report=report)
     snn.to(ctx.device)
-    for step in rec.steps:
-        registry.call(step.name, "snnbridge_correct_error", default=None, snn=snn, ctx=ctx, options=step.options)
+    for entry in rec.entries:
+        registry.call(entry.name, "snnbridge_correct_error", default=None, snn=snn, ctx=ctx, options=entry.options)
+        if entry.info.t_specific and registry.implements(entry.name, "snnbridge_correct_error"):
+            snn.timestep_checks.append(TimestepCheck(entry.name, ctx.timesteps_for(entry.options),
+                                                     entry.options["on_mismatch"]))
     report["specs"] = {n: s.describe() for n, s in snn.specs.items()}
     report["notes"] = ctx.report["notes"]
     report["steps_run"] = snn.steps_run

@@ -1,19 +1,17 @@
-"""A small image-folder reader for the command line (calibration and evaluation images).
+"""Image folders for calibration and evaluation: ``torchvision.datasets.ImageFolder`` behind a DataLoader.
 
-Layout: ``root/<class>/<image>`` (torchvision's ImageFolder layout; classes are numbered
-in sorted order, as ImageFolder does), optionally split as ``root/train/<class>/...`` and
-``root/test/<class>/...``. ``root`` is a directory or a ``.tar`` / ``.tar.gz`` / ``.tgz``
-archive of such a tree (e.g. ``cifar10/train/airplane/0000.jpg``); an archive is read in
-one streaming pass into memory (the compressed bytes of the chosen split only), nothing is
-extracted to disk.
+Layout: ``root/<class>/<image>`` (ImageFolder's layout; classes are numbered in sorted
+order), optionally split as ``root/train/<class>/...`` and ``root/test/<class>/...`` (the
+split folder may sit deeper, e.g. ``root/cifar10/train/...``). ``root`` is a directory, read
+with ``ImageFolder``, or a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive of such a tree, streamed
+once into memory by :class:`TarImageFolder` (the compressed bytes of the chosen split only;
+nothing is extracted to disk).
 
 Images are decoded with Pillow, optionally resized (``image_size``), scaled to [0, 1] and
-normalised with ``mean`` / ``std`` (CIFAR-10 statistics by default; one value each for
-grey-scale images). Subsets are drawn with a *seeded random sample*: folders and archives
-list images class by class, so "the first N images" would hold one or two classes only.
-
-This module is generic (no knowledge of any model or example); the examples' own loaders
-live with the examples.
+normalised with ``mean`` / ``std`` (torchvision's ``ToTensor`` and ``Normalize``; CIFAR-10
+statistics by default; one value each for grey-scale images). Subsets are drawn with a
+*seeded random sample*: folders and archives list images class by class, so "the first N
+images" would hold one or two classes only.
 """
 
 from __future__ import annotations
@@ -21,11 +19,14 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
 
 from .errors import SnnbridgeError
 
@@ -46,33 +47,72 @@ def is_archive(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-@dataclass
-class ImageFolderData:
-    """Labelled images of one split, decoded lazily.
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.rpartition("/")[2].startswith(".")
 
-    ``items`` are ``(key, label)`` pairs; ``key`` is a file path (directory source) or an
-    archive member name whose bytes are held in ``blobs``.
+
+def _decode(data, mode: str, where: str):
+    from PIL import Image
+
+    try:
+        img = Image.open(data)
+        img.load()
+    except Exception as exc:  # PIL raises several kinds of errors on bad files
+        raise DataError(f"cannot read the image {where}: {exc}. Remove or replace that file.") from exc
+    return img.convert(mode)
+
+
+def _load_image(path: str, mode: str):
+    return _decode(path, mode, repr(path))
+
+
+def _valid_image(path: str) -> bool:
+    return _is_image(path.replace(os.sep, "/"))
+
+
+def transform(image_size: int | None, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """Resize (optional), ``ToTensor`` and ``Normalize``, as torchvision composes them."""
+    steps = [transforms.Resize((image_size, image_size))] if image_size is not None else []
+    steps += [transforms.ToTensor(), transforms.Normalize(tuple(mean), tuple(std))]
+    return transforms.Compose(steps)
+
+
+class TarImageFolder(Dataset):
+    """ImageFolder semantics over the members of a tar archive held in memory: ``(image, label)`` items."""
+
+    def __init__(self, source: str, items: list[tuple[str, int]], blobs: dict[str, bytes], classes: list[str],
+                 mode: str, transform: Callable):
+        self.source, self.items, self.blobs, self.classes = source, items, blobs, classes
+        self.mode, self.transform = mode, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        key, label = self.items[index]
+        img = _decode(io.BytesIO(self.blobs[key]), self.mode, f"{key!r} in {self.source}")
+        return self.transform(img), label
+
+
+class VisibleImageFolder(ImageFolder):
+    """torchvision's ImageFolder, ignoring hidden folders (``.ipynb_checkpoints`` ...) as classes."""
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+class ImageData:
+    """The labelled images of one split (a Dataset), with seeded sampling and batched loading.
+
+    ``items`` are ``(path or archive member, label)`` pairs in ImageFolder's order.
     """
 
-    source: str
-    split: str | None
-    classes: list[str]
-    items: list[tuple[str, int]]
-    image_size: int | None = None
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
-    blobs: dict[str, bytes] | None = field(default=None, repr=False)
-
-    def __post_init__(self):
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if len(self.mean) not in (1, 3) or len(self.mean) != len(self.std):
-            raise DataError(f"mean and std must both have 1 (grey-scale) or 3 (RGB) values, got {len(self.mean)} and "
-                            f"{len(self.std)}.")
-        if any(s <= 0 for s in self.std):
-            raise DataError(f"std values must be positive, got {list(self.std)}.")
-        if self.image_size is not None and self.image_size < 1:
-            raise DataError(f"image size must be a positive number of pixels, got {self.image_size}.")
+    def __init__(self, dataset: Dataset, source: str, split: str | None, classes: list[str],
+                 items: list[tuple[str, int]]):
+        self.dataset, self.source, self.split, self.classes, self.items = dataset, source, split, classes, items
 
     def __len__(self) -> int:
         return len(self.items)
@@ -81,7 +121,6 @@ class ImageFolderData:
     def where(self) -> str:
         return f"{self.source} [{self.split}]" if self.split else self.source
 
-    # -- selection --------------------------------------------------------------------------------
     def sample(self, n: int | None, seed: int = 0) -> list[int]:
         """Indices of a seeded uniform random sample of ``n`` images (all images, shuffled, if ``n`` is None)."""
         total = len(self.items)
@@ -90,59 +129,33 @@ class ImageFolderData:
         perm = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed))).tolist()
         return perm if n is None or n >= total else perm[:n]
 
-    # -- decoding ---------------------------------------------------------------------------------
-    def _open(self, key: str):
-        from PIL import Image
-
-        try:
-            if self.blobs is not None:
-                img = Image.open(io.BytesIO(self.blobs[key]))
-            else:
-                img = Image.open(key)
-            img.load()
-        except Exception as exc:  # PIL raises several kinds of errors on bad files
-            raise DataError(f"cannot read the image {key!r} in {self.source}: {exc}. Remove or replace that file.") \
-                from exc
-        return img
-
-    def image(self, index: int) -> torch.Tensor:
-        """One normalised image, ``[C, H, W]`` float32."""
-        from PIL import Image
-
-        key, _ = self.items[index]
-        img = self._open(key).convert("L" if len(self.mean) == 1 else "RGB")
-        if self.image_size is not None and img.size != (self.image_size, self.image_size):
-            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-        w, h = img.size
-        c = len(self.mean)
-        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, c).permute(2, 0, 1)
-        x = x.float().div_(255.0)
-        mean = torch.tensor(self.mean).view(c, 1, 1)
-        std = torch.tensor(self.std).view(c, 1, 1)
-        return (x - mean) / std
-
-    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch ``(x [N, C, H, W], y [N])`` of the given images."""
-        images = [self.image(i) for i in indices]
-        shapes = {tuple(t.shape) for t in images}
-        if len(shapes) > 1:
-            raise DataError(f"the images in {self.where} have different sizes ({', '.join(map(str, sorted(shapes)))}); "
-                            "give --image-size to resize them to one size.")
-        return torch.stack(images), torch.tensor([self.items[i][1] for i in indices], dtype=torch.long)
-
-    def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches of the given images, decoded batch by batch."""
+    def loader(self, indices: Sequence[int], batch_size: int, *, workers: int = 0,
+               pin_memory: bool = False) -> DataLoader:
+        """A DataLoader over the given images, in that order."""
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}.")
-        for start in range(0, len(indices), batch_size):
-            yield self.load(indices[start:start + batch_size])
+        return DataLoader(Subset(self.dataset, list(indices)), batch_size=batch_size, shuffle=False,
+                          num_workers=workers, pin_memory=pin_memory)
+
+    def batches(self, indices: Sequence[int], batch_size: int, *, workers: int = 0,
+                pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` batches of the given images (a mix of image sizes is a DataError naming the fix)."""
+        try:
+            for x, y in self.loader(indices, batch_size, workers=workers, pin_memory=pin_memory):
+                yield x, y
+        except RuntimeError as exc:
+            if "stack expects each tensor to be equal size" in str(exc):
+                raise DataError(f"the images in {self.where} have different sizes; give --image-size (or "
+                                "image_size) to resize them to one size.") from exc
+            raise
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch ``(x [N, C, H, W], y [N])`` of the given images."""
+        indices = list(indices)
+        return next(iter(self.batches(indices, max(1, len(indices)))))
 
 
-# -- discovery -------------------------------------------------------------------------------------------
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.rpartition("/")[2].startswith(".")
+# -- discovery ---------------------------------------------------------------------------------------
 
 
 def _select(paths: Sequence[str], split: str | None, where: str, require_split: bool):
@@ -163,44 +176,24 @@ def _select(paths: Sequence[str], split: str | None, where: str, require_split: 
     return None, flat
 
 
-def open_image_folder(path: str | os.PathLike, split: str | None = "train", *, image_size: int | None = None,
-                      mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                      require_split: bool = False) -> ImageFolderData:
-    """Open the images of ``split`` under ``path`` (a folder or a tar archive; see the module docstring).
-
-    The split folder may be anywhere in the tree (``root/train/...`` or ``root/cifar10/train/...``).
-    Without such a folder, ``path`` itself is read as ``<class>/<image>`` (unless
-    ``require_split``). Raises :class:`DataError` with the fix on a missing path, an empty
-    folder, or a layout without class folders.
-    """
-    path = Path(path)
-    where = str(path)
-    if not path.exists():
-        raise DataError(f"data path {where!r} does not exist; give an image folder (<class>/<image> files, "
-                        "optionally under train/ and test/) or a .tar.gz of one.")
-    blobs = None
-    if path.is_dir():
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = os.path.relpath(dirpath, path)
-            for f in filenames:
-                if _is_image(f):
-                    paths.append(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}")
-        used, chosen = _select(paths, split, where, require_split)
-        chosen = [(str(path / p), c) for p, c in chosen]
-    elif is_archive(path):
-        used, chosen, blobs = _read_archive(path, split, where, require_split)
-    else:
-        raise DataError(f"data path {where!r} is neither a folder nor a .tar/.tar.gz/.tgz archive.")
+def _folder_root(path: Path, split: str | None, where: str, require_split: bool) -> tuple[Path, str | None]:
+    """The folder ImageFolder reads: the (single) ``split`` folder under ``path``, or ``path`` itself."""
+    rel = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = os.path.relpath(dirpath, path).replace(os.sep, "/")
+        rel += [f if base == "." else f"{base}/{f}" for f in filenames if _is_image(f)]
+    used, chosen = _select(rel, split, where, require_split)
     if not chosen:
         raise DataError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS[:3])} ... files in "
                         "<class>/ folders); check the path.")
-    classes = sorted({c for _, c in chosen})
-    index = {c: i for i, c in enumerate(classes)}
-    items = sorted((p, index[c]) for p, c in chosen)
-    return ImageFolderData(source=where, split=used, classes=classes, items=items, image_size=image_size,
-                           mean=tuple(mean), std=tuple(std), blobs=blobs)
+    if used is None:
+        return path, None
+    roots = sorted({p.rsplit("/", 2)[0] for p, _ in chosen})
+    if len(roots) > 1:
+        raise DataError(f"{where} holds several {split!r} folders ({', '.join(roots[:4])}); point --data at the one "
+                        "you mean.")
+    return path / roots[0], used
 
 
 def _read_archive(path: Path, split: str | None, where: str, require_split: bool):
@@ -224,5 +217,50 @@ def _read_archive(path: Path, split: str | None, where: str, require_split: bool
             from exc
     used, chosen = _select(names, split, where, require_split)
     chosen = [(p, c) for p, c in chosen if p in blobs]
+    if not chosen:
+        raise DataError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS[:3])} ... files in "
+                        "<class>/ folders); check the path.")
     keep = {p for p, _ in chosen}
     return used, chosen, {k: v for k, v in blobs.items() if k in keep}
+
+
+def open_image_folder(path: str | os.PathLike, split: str | None = "train", *, image_size: int | None = None,
+                      mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                      require_split: bool = False) -> ImageData:
+    """Open the images of ``split`` under ``path`` (a folder or a tar archive; see the module docstring).
+
+    Without a ``split`` folder, ``path`` itself is read as ``<class>/<image>`` (unless
+    ``require_split``). Raises :class:`DataError` with the fix on a missing path, an empty
+    folder, a layout without class folders, or bad preprocessing settings.
+    """
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) not in (1, 3) or len(mean) != len(std):
+        raise DataError(f"mean and std must both have 1 (grey-scale) or 3 (RGB) values, got {len(mean)} and "
+                        f"{len(std)}.")
+    if any(s <= 0 for s in std):
+        raise DataError(f"std values must be positive, got {list(std)}.")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image size must be a positive number of pixels, got {image_size}.")
+    mode = "L" if len(mean) == 1 else "RGB"
+    tf = transform(image_size, mean, std)
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise DataError(f"data path {where!r} does not exist; give an image folder (<class>/<image> files, "
+                        "optionally under train/ and test/) or a .tar.gz of one.")
+    if path.is_dir():
+        root, used = _folder_root(path, split, where, require_split)
+        try:
+            ds = VisibleImageFolder(str(root), transform=tf, loader=partial(_load_image, mode=mode),
+                                    is_valid_file=_valid_image)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"cannot read {where} as an image folder: {exc}. Expected <class>/<image> folders.") from exc
+        items = [(p, label) for p, label in ds.samples]
+        return ImageData(ds, where, used, list(ds.classes), items)
+    if is_archive(path):
+        used, chosen, blobs = _read_archive(path, split, where, require_split)
+        classes = sorted({c for _, c in chosen})
+        index = {c: i for i, c in enumerate(classes)}
+        items = sorted((p, index[c]) for p, c in chosen)
+        return ImageData(TarImageFolder(where, items, blobs, classes, mode, tf), where, used, classes, items)
+    raise DataError(f"data path {where!r} is neither a folder nor a .tar/.tar.gz/.tgz archive.")

@@ -19,6 +19,10 @@ class PluginLoadError(SnnbridgeError):
     """A plugin could not be imported or registered (broken entry point, misspelled hook)."""
 
 
+class PluginError(SnnbridgeError):
+    """A plugin failed while running a hook (an unexpected exception, or a result of the wrong type)."""
+
+
 class UnknownPluginError(SnnbridgeError):
     """A recipe names a plugin that is not installed."""
 
@@ -53,6 +57,10 @@ class CalibrationError(SnnbridgeError):
 
 class BackendError(SnnbridgeError):
     """A neuron backend is unknown or cannot run here (missing package, CuPy, or GPU)."""
+
+
+class ModelLoadError(SnnbridgeError):
+    """A model factory (``module:factory``) or a checkpoint cannot be imported, built or loaded."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

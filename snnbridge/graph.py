@@ -1,6 +1,6 @@
 """Graph preparation: trace a *copy* of the ANN with torch.fx and make it conversion-ready.
 
-What :func:`prepare_graph` does, in order (the user's model is never touched):
+What :func:`trace_for_conversion` does, in order (the user's model is never touched):
 
 1. deep-copies the model, puts the copy in eval mode and traces it with torch.fx
    (modules that plugins claim as activations are kept as leaves);
@@ -103,8 +103,8 @@ def _suggest(key: str) -> str:
 
 
 @dataclass
-class PreparedGraph:
-    """The traced, rewritten ANN copy and what preparation found.
+class ConversionGraph:
+    """The traced, rewritten ANN copy and what tracing found.
 
     ``module`` computes exactly what the user's ANN computes (in eval mode); ``sites`` lists
     activation sites in topological order; ``report`` records every rewrite (folded and
@@ -119,15 +119,37 @@ class PreparedGraph:
         return {name: self.module.get_submodule(site_attr(name)) for name in self.sites}
 
 
+SITE_PREFIX = "snnsite_"
+
+
 def site_attr(name: str) -> str:
-    """Attribute name under which a site's module lives in the prepared graph."""
-    return f"snnsite_{name}"
+    """Attribute name under which a site's module lives in the traced ANN and in the SNN."""
+    return f"{SITE_PREFIX}{name}"
+
+
+def site_of(node: fx.Node) -> str | None:
+    """The site name if ``node`` calls an activation site (or its neurons), else None."""
+    if node.op == "call_module" and str(node.target).startswith(SITE_PREFIX):
+        return str(node.target)[len(SITE_PREFIX):]
+    return None
+
+
+def is_site_node(node: fx.Node) -> bool:
+    """True when ``node`` calls an activation site (in the traced ANN) or its neurons (in the SNN)."""
+    return site_of(node) is not None
+
+
+def site_node(gm: fx.GraphModule, name: str) -> fx.Node | None:
+    """The node calling site ``name`` in ``gm``, or None."""
+    return next((n for n in gm.graph.nodes if site_of(n) == name), None)
 
 
 ClaimFn = Callable[[nn.Module], Any]
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
+    """torch.fx tracer that keeps modules claimed by plugins (trained activations) as leaves."""
+
     def __init__(self, claim: ClaimFn | None = None):  # no-argument form: torch re-creates it when unpickling
         super().__init__()
         self._claim = claim or (lambda m: None)
@@ -141,7 +163,7 @@ class _Tracer(fx.Tracer):
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_graph(model: nn.Module, claim: ClaimFn | None = None) -> PreparedGraph:
+def trace_for_conversion(model: nn.Module, claim: ClaimFn | None = None) -> ConversionGraph:
     """Trace a copy of ``model`` and rewrite it for conversion (see the module docstring).
 
     ``claim(module)`` returns a plugin's claim for modules that are activations (e.g. a QCFS
@@ -153,7 +175,7 @@ def prepare_graph(model: nn.Module, claim: ClaimFn | None = None) -> PreparedGra
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
-    tracer = _Tracer(claim)
+    tracer = Tracer(claim)
     try:
         graph = tracer.trace(work)
     except Exception as exc:  # torch.fx raises many kinds of errors on data-dependent code
@@ -175,10 +197,10 @@ def prepare_graph(model: nn.Module, claim: ClaimFn | None = None) -> PreparedGra
     gm.recompile()
     ordered = {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and node.target.startswith("snnsite_"):
-            name = node.target[len("snnsite_"):]
+        name = site_of(node)
+        if name is not None:
             ordered[name] = sites[name]
-    return PreparedGraph(gm, ordered, report)
+    return ConversionGraph(gm, ordered, report)
 
 
 # -- activation sites ----------------------------------------------------------------------------
@@ -188,7 +210,7 @@ def _const(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _activation_of(node: fx.Node, gm: fx.GraphModule, claim: ClaimFn):
+def activation_of(node: fx.Node, gm: fx.GraphModule, claim: ClaimFn):
     """Return (kind, clip_max, module, claim) if ``node`` is a recognised activation, else None."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
@@ -239,18 +261,24 @@ def _safe_name(text: str) -> str:
     return out or "act"
 
 
+def unique_site_name(node: fx.Node, taken) -> tuple[str, str]:
+    """A site name for an activation call that is not in ``taken`` (the module path or the node name), and its origin."""
+    origin = str(node.target if node.op == "call_module" else node.name)
+    base = _safe_name(origin)
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name, origin
+
+
 def _insert_sites(gm: fx.GraphModule, claim: ClaimFn, report) -> dict[str, SiteInfo]:
     sites: dict[str, SiteInfo] = {}
     for node in list(gm.graph.nodes):
-        found = _activation_of(node, gm, claim)
+        found = activation_of(node, gm, claim)
         if found is None:
             continue
         kind, clip_max, module, c = found
-        origin = node.target if node.op == "call_module" else node.name
-        base = _safe_name(str(origin))
-        name, k = base, 1
-        while name in sites:
-            name, k = f"{base}_{k}", k + 1
+        name, origin = unique_site_name(node, sites)
         source = node.format_node() or str(node)
         info = SiteInfo(name=name, kind=kind, clip_max=clip_max, source=str(origin), claim=c)
         sites[name] = info
@@ -322,7 +350,7 @@ def _fold_batchnorm(gm: fx.GraphModule, report) -> None:
         uses = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prev.target)
         fused = fold_bn_into(gm.get_submodule(prev.target), bn)
         if uses == 1:
-            _set_submodule(gm, prev.target, fused)
+            gm.set_submodule(prev.target, fused)
             target = prev.target
         else:
             target = _safe_name(prev.target) + "_bnfold_" + _safe_name(node.target)
@@ -331,11 +359,6 @@ def _fold_batchnorm(gm: fx.GraphModule, report) -> None:
         report["folded_bn"].append(f"{node.target} -> {target}")
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
-
-
-def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
 def _is_maxpool(node: fx.Node, gm: fx.GraphModule) -> bool:
@@ -349,11 +372,11 @@ def _reorder_maxpool(gm: fx.GraphModule, sites: dict[str, SiteInfo], report) -> 
         if not _is_maxpool(node, gm):
             continue
         src = node.args[0]
-        is_site = isinstance(src, fx.Node) and src.op == "call_module" and str(src.target).startswith("snnsite_")
-        if not (is_site and len(src.users) == 1):
+        name = site_of(src) if isinstance(src, fx.Node) else None
+        if not (name is not None and len(src.users) == 1):
             report["spike_maxpool"].append(f"{node.format_node()} (pools weighted spikes per step: lossy)")
             continue
-        info = sites[src.target[len("snnsite_"):]]
+        info = sites[name]
         with gm.graph.inserting_after(node):
             moved = gm.graph.call_module(src.target, (node,))
         node.replace_all_uses_with(moved, delete_user_cb=lambda user: user is not moved)

@@ -1,165 +1,280 @@
-"""The plugin author's manual: every hook snnbridge calls, in pipeline order.
+"""The plugin author's manual: every hook snnbridge calls, grouped by stage, in pipeline order.
 
-A plugin is a module (or object) with functions decorated by ``snnbridge.hookimpl`` and
-named like the specs below. It is registered through the entry-point group ``snnbridge``
-(``[project.entry-points.snnbridge] mymethod = "mypackage.mymethod"``) - exactly how the
-built-in methods and backends are registered - or passed as an object in Python::
+A plugin is a module (or an object) with functions decorated by ``snnbridge.hookimpl`` and
+named like the specs below. Register it through the entry-point group ``snnbridge`` of your
+package - exactly how snnbridge's own methods and backends are registered::
 
-    snnbridge.convert(ann, recipe=[my_plugin_module, "opi"], ...)
+    [project.entry-points.snnbridge]
+    mymethod = "my_package.mymethod"
 
-Rules every plugin follows (DESIGN.md):
+or pass the object itself in a recipe: ``snnbridge.convert(ann, [my_plugin, "opi"], ...)``.
+``examples/plugin_correction/`` is a complete third-party package (a per-input correction
+and a T-specific bias table written against the public API only, tested by the suite).
 
-* **Recipe order.** The core calls a stage's hook on the recipe's plugins one at a time,
-  in recipe order, passing each its own validated ``options`` dict. A plugin that is
-  installed but not in the recipe is never called, except for the two discovery hooks
-  ``snnbridge_plugin_info`` / ``snnbridge_add_options`` and ``snnbridge_claim_module``.
-* **Arguments.** An implementation may accept any *subset* of a spec's arguments (pluggy
-  checks the names at registration: a misspelled argument or hook name is an error).
-* **Never mutate the user's model**; the core hands plugins copies. Method plugins edit
-  :class:`~snnbridge.spec.NeuronSpec` values and the SNN copy only, and import no SNN
-  framework: backends are adapters' business.
-* **Bad input** raises a :mod:`snnbridge.errors` class with a message that says the fix.
+Rules
+-----
+* **Recipe order.** For each stage the core calls the hook of the recipe's plugins one at a
+  time, in recipe order, each with its own validated ``options`` dict. A plugin that is
+  installed but not in the recipe is never called, except by the discovery hooks
+  (:func:`snnbridge_plugin_info`, :func:`snnbridge_add_options`) and
+  :func:`snnbridge_claim_module`.
+* **Arguments.** An implementation may accept any *subset* of a spec's arguments. pluggy
+  checks the names when the plugin is registered: a misspelled hook or argument marks the
+  plugin broken (reported by name; the other plugins keep working).
+* **Never mutate the user's model.** The core hands plugins copies. Method plugins edit
+  :class:`~snnbridge.spec.NeuronSpec` values and the SNN copy only, import no SNN framework
+  and use only names exported by ``snnbridge`` (``snnbridge.__all__``).
+* **Attachments must pickle.** Whatever a plugin attaches to the SNN (corrections, decode
+  windows, timestep checks) is saved with it: use module-level classes, not lambdas or
+  nested functions.
+* **Bad input** raises a :mod:`snnbridge.errors` class whose message says the fix. Any
+  other exception escaping a hook is re-raised as :class:`~snnbridge.errors.PluginError`
+  naming the plugin and the hook.
 
-Pipeline (DESIGN.md): recipe validation (capabilities, then each plugin's
-``check_recipe``) -> ``prepare`` (activation replacement, before training) ->
-trace / fold BN -> observe -> ``estimate_threshold`` -> ``configure_neuron`` ->
-``make_neuron`` (backend) -> ``correct_error`` -> runtime. Training-side hooks
-(``training_loss``, ``surrogate``) are used when fine-tuning a converted SNN.
+Pipeline (:func:`snnbridge.convert`)
+------------------------------------
+1. recipe validation: options (:func:`snnbridge_add_options`), capabilities
+   (:func:`snnbridge_plugin_info`), then each plugin's :func:`snnbridge_check_recipe`;
+2. trace a copy of the ANN, fold BN, find activation sites (:func:`snnbridge_claim_module`);
+3. thresholds: :func:`snnbridge_estimate_threshold` of the recipe's threshold provider;
+4. neurons: :func:`snnbridge_configure_neuron` of every recipe plugin, site by site;
+5. backend: :func:`snnbridge_make_neuron` of the chosen adapter, per site;
+6. corrections: :func:`snnbridge_correct_error` of every recipe plugin;
+7. the :class:`~snnbridge.runtime.SpikingModel` runs T steps.
+
+Before conversion, :func:`snnbridge.prepare` calls :func:`snnbridge_replace_activation` (an
+ANN trained for conversion); after it, ``snnbridge_training_loss`` and
+``snnbridge_surrogate`` serve fine-tuning.
+
+What a plugin works with
+------------------------
+``ctx`` (:class:`~snnbridge.context.ConversionContext`): ``ctx.ann`` the untouched
+reference ANN (traced; compare against it, never edit it), ``ctx.sites`` (name ->
+:class:`~snnbridge.sites.SiteInfo`, topological order), ``ctx.timesteps`` (T),
+``ctx.recipe`` (:class:`~snnbridge.recipe.Recipe`: ``active_provider(capability)``
+answers who writes the threshold, v0, the per-step shift ...), ``ctx.batches()`` /
+``ctx.take(n)`` (calibration data), ``ctx.collect(observer)`` (statistics, shared and
+cached: :mod:`snnbridge.observers`), ``ctx.hooks(fn)`` (read or replace site outputs during
+ANN forwards), ``ctx.site_activations(x)``, ``ctx.usable_threshold(...)``,
+``ctx.timesteps_for(options)`` and ``ctx.report["notes"]``.
+
+``snn`` (:class:`~snnbridge.runtime.SpikingModel`): ``snn.sites`` (name ->
+:class:`~snnbridge.runtime.SpikingSite` with ``spec``, ``neuron`` and ``corrections``),
+``snn.set_spec(name, spec)``, ``snn.run(x, timesteps)`` / ``snn(x)``,
+``with snn.record(sites, keep=...)`` (:mod:`snnbridge.recording`),
+``snn.feeding_layer(name)`` (:mod:`snnbridge.feeding`), ``snn.decode_window``
+(:class:`~snnbridge.corrections.DecodeWindow`), ``snn.timestep_checks``.
+
+Capabilities
+------------
+See :data:`snnbridge.plugin.CAPABILITIES` (and ``snnbridge plugins --all``): ``threshold``,
+``activation``, ``v0_base`` and ``step_shift`` are exclusive (one provider per recipe);
+``quantized_ann``, ``offset_calibration``, ``residual_mask``, ``temporal_bias``,
+``backend``, ``training_loss``, ``surrogate``. A plugin may define new ones
+(``PluginInfo(defines={...})``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable
+
 import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .context import ConversionContext
+    from .neurons import NeuronLayer
+    from .options import Option
+    from .plugin import PluginInfo
+    from .recipe import Recipe
+    from .runtime import SpikingModel
+    from .sites import SiteInfo
+    from .spec import NeuronSpec
 
 PROJECT = "snnbridge"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: hook -> the pipeline stage it implements, in pipeline order (discovery hooks have none)
+HOOK_STAGES: dict[str, str] = {
+    "snnbridge_claim_module": "claim",
+    "snnbridge_replace_activation": "activation",
+    "snnbridge_estimate_threshold": "threshold",
+    "snnbridge_configure_neuron": "configure",
+    "snnbridge_make_neuron": "backend",
+    "snnbridge_correct_error": "correct",
+    "snnbridge_training_loss": "loss",
+    "snnbridge_surrogate": "surrogate",
+}
+DISCOVERY_HOOKS = ("snnbridge_plugin_info", "snnbridge_add_options", "snnbridge_check_recipe")
 
-# -- discovery -----------------------------------------------------------------------------------------
+
+# =============================================================================================
+# discovery (called on every installed plugin)
+# =============================================================================================
 
 
 @hookspec
-def snnbridge_plugin_info():
-    """Describe the plugin: return a :class:`snnbridge.plugin.PluginInfo`.
+def snnbridge_plugin_info() -> "PluginInfo":
+    """Describe the plugin (required of every plugin).
 
-    The info's capabilities drive recipe validation before any work is done:
+    Called once, when the plugin is loaded. The capabilities of the returned info drive
+    recipe validation before any work is done; see :class:`snnbridge.plugin.PluginInfo`.
 
-    * ``provides``: capabilities the plugin supplies. ``threshold``, ``activation``,
-      ``v0_base`` (the base initial potential, e.g. theta/2) and ``step_shift`` (a constant
-      per-step input shift) are *exclusive*: two plugins of one recipe providing the same one
-      is a :class:`~snnbridge.errors.PluginConflictError` that names both. ``backend`` marks
-      an adapter.
-    * ``fallback``: capabilities supplied only when no other recipe plugin provides them
-      (e.g. a correction method's own threshold search).
-    * ``requires``: capabilities some *earlier* recipe plugin must provide.
-    * ``conflicts``: capabilities (or plugin names) this plugin cannot be combined with.
-    * ``after``: capabilities whose providers must come *earlier* in the recipe.
-    * ``needs_data``: the plugin needs calibration batches.
+    :returns: a :class:`~snnbridge.plugin.PluginInfo`.
     """
 
 
 @hookspec
-def snnbridge_add_options():
-    """Declare the plugin's options: return a list of :class:`snnbridge.options.Option`.
+def snnbridge_add_options() -> "list[Option]":
+    """Declare the plugin's options.
 
-    Used to validate recipes (unknown names get a "did you mean", wrong types and ranges a
-    precise message), to fill defaults, and by ``snnbridge plugins``.
+    Called once, when the plugin is loaded. Used to validate recipes (unknown names get a
+    "did you mean", wrong types and ranges a precise message), to fill defaults, and by
+    ``snnbridge plugins``. A T-specific plugin (``PluginInfo(t_specific=True)``) must not
+    declare ``timesteps`` or ``on_mismatch``: the core adds them.
+
+    :returns: a list of :class:`~snnbridge.options.Option`.
     """
 
 
 @hookspec
-def snnbridge_check_recipe(recipe, options):
-    """Option-dependent recipe rules, checked with the rest of the recipe *before any work*.
+def snnbridge_check_recipe(recipe: "Recipe", options: dict[str, Any]) -> None:
+    """Check rules that depend on the plugin's options, before any work.
 
-    Called once per recipe plugin, in recipe order, after the capability rules of
-    ``snnbridge_plugin_info`` passed. ``recipe`` is the validated
-    :class:`~snnbridge.recipe.Recipe` (``recipe.names``, ``recipe.provider(capability)``);
-    ``options`` are this plugin's complete options. Raise a :mod:`snnbridge.errors` class
-    (usually :class:`~snnbridge.errors.PluginConflictError`) whose message names the fix when
-    the chosen options do not fit the other plugins; return nothing otherwise.
+    Called once per recipe plugin, in recipe order, after the capability rules passed.
+
+    :param recipe: the validated recipe (``recipe.names``, ``recipe.active_provider(cap)``).
+    :param options: this plugin's complete options.
+    :returns: nothing; raise a :mod:`snnbridge.errors` class (usually
+        :class:`~snnbridge.errors.PluginConflictError`) whose message names the fix.
     """
 
 
 @hookspec(firstresult=True)
-def snnbridge_claim_module(module):
+def snnbridge_claim_module(module: "nn.Module") -> Any:
     """Tell the core that ``module`` is an activation to convert into neurons.
 
-    Return ``None`` for modules you do not own, else an object with optional attributes
-    ``kind`` (str) and ``clip_max`` (float or None); it is stored as ``SiteInfo.claim``.
-    Claimed modules are kept as leaves when tracing. Called on *every* registered plugin
-    (a model trained with a plugin's activation stays convertible with any recipe).
+    Called on *every* installed plugin for the modules of a model being traced (a model
+    trained with a plugin's activation stays convertible with any recipe). The first claim
+    wins. Claimed modules are kept as leaves when tracing.
+
+    :param module: a submodule of the model being traced.
+    :returns: ``None`` for modules you do not own, else an object with optional attributes
+        ``kind`` (str) and ``clip_max`` (float or None); it is stored as ``SiteInfo.claim``.
     """
 
 
-# -- before training -----------------------------------------------------------------------------------
+# =============================================================================================
+# before training: snnbridge.prepare
+# =============================================================================================
 
 
 @hookspec
-def snnbridge_replace_activation(site, module, options):
-    """Activation replacement for training (used by ``snnbridge.prepare``).
+def snnbridge_replace_activation(site: "SiteInfo", module: "nn.Module", options: dict[str, Any]) -> "nn.Module | None":
+    """Swap one activation for the activation to train with (e.g. QCFS).
 
-    ``site`` is a :class:`~snnbridge.sites.SiteInfo` of an activation found in the ANN and
-    ``module`` the activation module currently there (``nn.ReLU()`` for functional calls).
-    Return the module to train with instead (e.g. a QCFS activation), or ``None`` to leave
-    it. The first recipe plugin that returns a module wins; recipes with two providers of
-    ``activation`` are refused.
+    Called by :func:`snnbridge.prepare` for every activation call site, on the recipe's
+    plugins in order until one returns a module.
+
+    :param site: the activation site found in the ANN (name, kind, clip bound).
+    :param module: the activation module there now (``nn.ReLU()`` for functional calls).
+    :param options: this plugin's options.
+    :returns: the module to train with, or ``None`` to leave the site.
     """
 
 
-# -- conversion ----------------------------------------------------------------------------------------
+# =============================================================================================
+# conversion: snnbridge.convert
+# =============================================================================================
 
 
 @hookspec
-def snnbridge_estimate_threshold(ctx, options):
-    """Return ``{site_name: threshold}`` for every site of ``ctx.sites``.
+def snnbridge_estimate_threshold(ctx: "ConversionContext", options: dict[str, Any]) -> "dict[str, Any]":
+    """Estimate every site's threshold.
 
-    A threshold is a positive float or a 1-D per-channel tensor. ``ctx`` is a
-    :class:`snnbridge.context.ConversionContext`: use ``ctx.collect(...)`` for activation
-    statistics over the calibration batches (true global max, reservoir samples, ...).
-    Only the recipe's threshold provider is called (or its ``fallback`` provider).
+    Called on the recipe's threshold provider only (``recipe.active_provider("threshold")``:
+    the plugin that provides ``threshold``, else the one that offers it as a fallback).
+
+    :param ctx: the conversion context: ``ctx.collect(observer)`` for statistics over the
+        calibration batches, ``ctx.usable_threshold(...)`` to replace dead channels.
+    :param options: this plugin's options.
+    :returns: ``{site_name: threshold}`` for every site of ``ctx.sites``; a threshold is a
+        positive float or a 1-D tensor with one value per channel.
     """
 
 
 @hookspec
-def snnbridge_configure_neuron(site, spec, ctx, options):
-    """Adjust one site's :class:`~snnbridge.spec.NeuronSpec`; return the new spec or ``None``.
+def snnbridge_configure_neuron(site: "SiteInfo", spec: "NeuronSpec", ctx: "ConversionContext",
+                               options: dict[str, Any]) -> "NeuronSpec | None":
+    """Adjust one site's neuron spec (initial potential, per-step bias ...).
 
-    Called for every site, for every recipe plugin in recipe order, after thresholds are
-    set (``spec.threshold``). Use ``spec.replace(v0=..., step_bias=...)``.
+    Called for every site, for every recipe plugin in recipe order, after the thresholds are
+    set; each plugin sees the spec the previous one returned.
+
+    :param site: the site (``site.name``, ``site.shape``, ``site.claim``).
+    :param spec: the site's current spec; change it with ``spec.replace(...)``.
+    :param ctx: the conversion context (``ctx.recipe.active_provider("v0_base")`` ...).
+    :param options: this plugin's options.
+    :returns: the new spec, or ``None`` to keep it.
     """
 
 
 @hookspec(firstresult=True)
-def snnbridge_make_neuron(spec, options):
+def snnbridge_make_neuron(spec: "NeuronSpec", options: dict[str, Any]) -> "NeuronLayer":
     """Adapters only: build the neuron layer realizing ``spec``.
 
-    Return an instance of :class:`snnbridge.neurons.NeuronLayer` whose ``simulate`` runs
-    genuine framework neurons. Only the backend named in ``convert(backend=...)`` is asked,
-    with its own validated ``options`` (``backend_options``). Raise
-    :class:`~snnbridge.errors.BackendError` when the backend cannot run here.
+    Called on the backend named in ``convert(backend=...)`` only, once per site (and again
+    when a plugin calls ``snn.set_spec``).
+
+    :param spec: what to realize: threshold (scalar or per channel), initial potential; the
+        per-step bias is added to the input by the core.
+    :param options: the backend's validated options (``backend_options``).
+    :returns: a :class:`~snnbridge.neurons.NeuronLayer` whose ``simulate`` runs genuine
+        framework neurons. Raise :class:`~snnbridge.errors.BackendError` when the backend
+        cannot run here.
     """
 
 
 @hookspec
-def snnbridge_correct_error(snn, ctx, options):
-    """Post-conversion error correction, in recipe order.
+def snnbridge_correct_error(snn: "SpikingModel", ctx: "ConversionContext", options: dict[str, Any]) -> None:
+    """Correct the converted SNN, in recipe order.
 
-    ``snn`` is the :class:`snnbridge.runtime.SpikingModel` being built (already runnable);
-    ``ctx`` gives the untouched reference ANN, sites and calibration batches. Change
-    specs with ``snn.set_spec(site, spec)`` (neurons are rebuilt by the backend), edit the
-    SNN copy's parameters, or attach runtime corrections. Return nothing.
+    Called for every recipe plugin, after the neurons are built; the SNN is already
+    runnable. A correction may change specs (``snn.set_spec``; the backend rebuilds the
+    neurons), edit the SNN copy's parameters (``snn.feeding_layer(name).add_bias(...)``),
+    attach per-input :class:`~snnbridge.corrections.SiteCorrection` objects to
+    ``snn.sites[name].corrections``, or set ``snn.decode_window``. For a T-specific plugin
+    the core then attaches its :class:`~snnbridge.corrections.TimestepCheck`.
+
+    :param snn: the SNN being built.
+    :param ctx: the conversion context; ``ctx.ann`` is the untouched reference ANN.
+    :param options: this plugin's options.
+    :returns: nothing.
     """
 
 
-# -- training side ---------------------------------------------------------------------------------------
+# =============================================================================================
+# training side
+# =============================================================================================
 
 
 @hookspec
-def snnbridge_training_loss(options):
-    """Return a loss callable ``loss(outputs_per_step [T, B, K], targets) -> scalar`` or ``None``."""
+def snnbridge_training_loss(options: dict[str, Any]) -> "Callable[..., Any] | None":
+    """Return a loss callable ``loss(outputs, targets, ...)`` for training SNNs, or ``None``.
+
+    :param options: this plugin's options.
+    """
 
 
 @hookspec
-def snnbridge_surrogate(options):
-    """Return a surrogate spike function (``torch.autograd.Function``-style callable on ``v - theta``) or ``None``."""
+def snnbridge_surrogate(options: dict[str, Any]) -> "Callable[..., Any] | None":
+    """Return a surrogate spike function (on ``v - threshold``), or ``None``.
+
+    :param options: this plugin's options.
+    """
+
+
+#: every hook name, for "did you mean" on misspelled implementations
+HOOKS = tuple(name for name in dict(globals()) if name.startswith("snnbridge_") and callable(globals()[name]))

@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import fx, nn
 
-from .errors import MissingRequirementError, SnnbridgeError, UnsupportedModelError
-from .graph import _activation_of, _safe_name, _Tracer
+from .errors import MissingRequirementError, PluginError, UnsupportedModelError
+from .graph import Tracer, activation_of, unique_site_name
 from .recipe import build_recipe
 from .sites import SiteInfo
 
@@ -32,7 +32,7 @@ def prepare(model: nn.Module, recipe: Any) -> fx.GraphModule:
     """Return a copy of ``model`` whose activations are replaced by the recipe's training activations."""
     rec = build_recipe(recipe, for_conversion=False)
     registry = rec.registry
-    providers = [s for s in rec.steps if registry.implements(s.name, "snnbridge_replace_activation")]
+    providers = [e for e in rec.entries if registry.implements(e.name, "snnbridge_replace_activation")]
     if not providers:
         raise MissingRequirementError(
             f"no plugin of the recipe {rec.names} replaces activations, so prepare() would change nothing. Use a "
@@ -42,7 +42,7 @@ def prepare(model: nn.Module, recipe: Any) -> fx.GraphModule:
     work = copy.deepcopy(model)
     claim = registry.claim_module
     try:
-        graph = _Tracer(claim).trace(work)
+        graph = Tracer(claim).trace(work)
     except Exception as exc:
         raise UnsupportedModelError(f"torch.fx could not trace the model: {type(exc).__name__}: {exc}. Remove "
                                     "data-dependent Python control flow from forward.") from exc
@@ -50,31 +50,27 @@ def prepare(model: nn.Module, recipe: Any) -> fx.GraphModule:
     names: set[str] = set()
     replaced = 0
     for node in list(gm.graph.nodes):
-        found = _activation_of(node, gm, claim)
+        found = activation_of(node, gm, claim)
         if found is None:
             continue
         kind, clip_max, module, claimed = found
         if claimed is not None:
             continue  # already a method's activation (e.g. preparing a prepared model)
-        origin = node.target if node.op == "call_module" else node.name
-        base = _safe_name(str(origin))
-        name, k = base, 1
-        while name in names:
-            name, k = f"{base}_{k}", k + 1
+        name, origin = unique_site_name(node, names)
         names.add(name)
-        info = SiteInfo(name=name, kind=kind, clip_max=clip_max, source=str(origin))
+        info = SiteInfo(name=name, kind=kind, clip_max=clip_max, source=origin)
         current = gm.get_submodule(node.target) if node.op == "call_module" else _DEFAULT_MODULES[kind](clip_max)
         new = None
-        for step in providers:
-            new = registry.call(step.name, "snnbridge_replace_activation", site=info, module=current,
-                                options=step.options)
+        for entry in providers:
+            new = registry.call(entry.name, "snnbridge_replace_activation", site=info, module=current,
+                                options=entry.options)
             if new is not None:
                 break
         if new is None:
             continue
         if not isinstance(new, nn.Module):
-            raise SnnbridgeError(f"plugin {step.name!r}: snnbridge_replace_activation must return an nn.Module or "
-                                 f"None, got {type(new).__name__}.")
+            raise PluginError(f"plugin {entry.name!r}: snnbridge_replace_activation must return an nn.Module or "
+                              f"None, got {type(new).__name__}.")
         target = f"act_{name}"
         gm.add_submodule(target, new)
         with gm.graph.inserting_after(node):

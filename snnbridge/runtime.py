@@ -16,172 +16,41 @@ returns its mean over the counted steps, ``sweep`` the running mean after each s
 (accuracy vs T from one run). Steps a plugin asks for as pre-simulation (``warmup``) are
 run first and never counted; both numbers are reported (``steps_run``).
 
-Per-sample corrections (generic; the methods live in plugins). A plugin's
-``snnbridge_correct_error`` may attach :class:`SiteCorrection` objects to sites. Each asks
-for a pre-simulation of ``presim_steps`` steps, either
+Per-input corrections (generic; the methods live in plugins): a plugin's
+``snnbridge_correct_error`` may attach :class:`~snnbridge.corrections.SiteCorrection`
+objects to sites; each asks for a pre-simulation, either a look-ahead of the site's own
+input (``scope="layer"``) or a shared, uncounted network warm-up (``scope="network"``, see
+:mod:`snnbridge.corrections`). ``steps_run`` counts both.
 
-* ``scope="network"``: the whole network runs that many uncounted warm-up steps first
-  (``SpikingModel.warmup``); at the boundary every site hands its warm-up record to its
-  corrections and restarts from the state they return, with their output masks; or
-* ``scope="layer"``: each site pre-simulates the first steps of its *own* counted input
-  sequence (a look-ahead), asks its corrections for a new initial state, and then runs the
-  whole counted sequence from it.
+Decoding window. ``snn.decode_window`` (a :class:`~snnbridge.corrections.DecodeWindow`)
+may skip the first counted steps when averaging the output ("delayed evaluation");
+``sweep`` applies it for every prefix length.
 
-When any correction of a model is network-scoped, all of them share the network warm-up
-(one pre-simulation serves every correction). Corrections at a site are applied in the
-order they were attached (recipe order); each sees the state proposed by the previous.
-
-Decoding window. ``decode_delay(T)`` (default 0) skips the first counted steps when
-averaging the output ("delayed evaluation"); ``sweep`` applies it for every prefix length.
+Recording. ``with snn.record(sites, keep=(...)) as rec:`` records what sites see and do
+during the runs in the block (:mod:`snnbridge.recording`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import fx, nn
 
-from .errors import BackendError, InputError
-from .graph import PreparedGraph, site_attr
-from .neurons import NeuronLayer, SimResult
-from .options import resolve_options
+from .corrections import DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck
+from .errors import InputError
+from .feeding import Feed, feeding_layer
+from .graph import ConversionGraph, site_attr, site_of
+from .neurons import NeuronLayer
+from .recording import Recording
 from .sites import SiteInfo
 from .spec import NeuronSpec
+from .timeline import RunState, TimeExpand
 
 #: elements of one merged activation tensor per chunk (auto chunking), ~128 MB of float32
 CHUNK_ELEMENTS = 1 << 25
-
-
-@dataclass
-class PresimRecord:
-    """What a site saw during its pre-simulation (all ``[P, B, ...]`` except ``v0``).
-
-    ``drive``: input incl. per-step bias; ``spikes``: 0/1; ``v_seq``: membrane after each
-    step's reset; ``v0``: the state the pre-simulation started from; ``threshold``: the
-    threshold broadcastable against a ``[B, ...]`` state.
-    """
-
-    drive: torch.Tensor
-    spikes: torch.Tensor
-    v_seq: torch.Tensor
-    v0: torch.Tensor
-    threshold: torch.Tensor | float
-
-    @property
-    def pre_reset(self) -> torch.Tensor:
-        """The membrane before each step's reset, ``m(t) = v(t) + threshold * s(t)``."""
-        return self.v_seq + self.spikes * self.threshold
-
-
-@dataclass
-class Adjustment:
-    """A correction's answer: the initial state of the counted run and/or an output mask (both ``[B, ...]``)."""
-
-    v0: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-
-class SiteCorrection:
-    """Base class of per-sample runtime corrections attached to a :class:`SpikingSite`.
-
-    Subclasses set ``presim_steps`` and ``scope`` (``"layer"`` or ``"network"``) and
-    implement :meth:`adjust`. ``v0`` passed to ``adjust`` is the state proposed so far for
-    the counted run (the spec's initial state, or what earlier corrections returned).
-    """
-
-    presim_steps: int = 0
-    scope: str = "layer"
-
-    def adjust(self, site: "SpikingSite", record: PresimRecord, v0: torch.Tensor) -> Adjustment:
-        raise NotImplementedError
-
-
-class _RunState:
-    """Shared by the modules of one model during a run: steps in this chunk, first step, batch."""
-
-    def __init__(self):
-        self.n = 1
-        self.t0 = 0
-        self.batch = 0
-        self.warmup = 0  # network-wide uncounted steps of the current run
-
-
-def biased_sequence(spec: NeuronSpec, x_seq: torch.Tensor, t0: int) -> torch.Tensor:
-    """``x_seq`` (``[n, B, C, ...]``) plus the spec's per-step bias for absolute steps ``t0 .. t0+n-1``."""
-    b = spec.step_bias
-    if b is None:
-        return x_seq
-    if isinstance(b, float):
-        return x_seq + b
-    n = x_seq.shape[0]
-    if b.shape[0] < t0 + n:
-        raise InputError(f"the neuron's per-step bias table has {b.shape[0]} steps but step {t0 + n} was run; it was "
-                         "calibrated for a shorter run. Re-run the correction (convert again) for this T.")
-    rows = b[t0:t0 + n].to(device=x_seq.device, dtype=x_seq.dtype)
-    shape = [n] + [1] * (x_seq.dim() - 1)
-    if rows.dim() == 2:
-        if x_seq.dim() < 3 or x_seq.shape[2] != rows.shape[1]:
-            raise InputError(f"a per-step, per-channel bias of {rows.shape[1]} channels does not fit activations "
-                             f"shaped {tuple(x_seq.shape[1:])}.")
-        shape[2] = rows.shape[1]
-    return x_seq + rows.view(shape)
-
-
-class NeuronFactory:
-    """Builds a site's neurons with one backend adapter: ``factory(spec) -> NeuronLayer``.
-
-    Picklable (a saved SNN keeps it to rebuild neurons after ``set_spec``): only the backend
-    name and its options are stored; the plugin registry is looked up again after loading.
-    """
-
-    def __init__(self, backend: str, options: dict, registry=None):
-        self.backend = backend
-        self.options = dict(options)
-        self._registry = registry
-
-    def __getstate__(self):
-        return {"backend": self.backend, "options": self.options, "_registry": None}
-
-    def __call__(self, spec: NeuronSpec) -> NeuronLayer:
-        from .plugin_manager import get_registry
-
-        registry = self._registry or get_registry()
-        layer = registry.call(self.backend, "snnbridge_make_neuron", spec=spec, options=self.options)
-        if not isinstance(layer, NeuronLayer):
-            raise BackendError(f"backend {self.backend!r} returned {type(layer).__name__} from "
-                               "snnbridge_make_neuron; adapters must return a snnbridge.NeuronLayer.")
-        return layer
-
-
-def make_neuron_factory(backend: str, backend_options: dict | None = None, registry=None) -> NeuronFactory:
-    """Validate ``backend`` and its options; return the :class:`NeuronFactory` of that adapter."""
-    from .plugin_manager import get_registry
-
-    registry = registry or get_registry()
-    registry.require(backend, kind="backend")
-    if registry.info(backend).kind != "backend":
-        raise BackendError(f"{backend!r} is a method plugin, not a neuron backend; choose one of "
-                           f"{', '.join(registry.names('backend'))}.")
-    options = resolve_options(backend, registry.options(backend), backend_options)
-    return NeuronFactory(backend, options, registry)
-
-
-class TimeExpand(nn.Module):
-    """Broadcast a static ``[B, ...]`` tensor to the merged ``[n*B, ...]`` layout of the current chunk."""
-
-    def __init__(self, state: _RunState):
-        super().__init__()
-        self._state = state
-
-    def forward(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() == 0:
-            return x
-        n = self._state.n
-        return x.unsqueeze(0).expand(n, *x.shape).reshape(n * x.shape[0], *x.shape[1:])
 
 
 class SpikingSite(nn.Module):
@@ -192,7 +61,7 @@ class SpikingSite(nn.Module):
     spikes ``threshold * s(t)`` in the merged layout.
     """
 
-    def __init__(self, info: SiteInfo, spec: NeuronSpec, neuron: NeuronLayer, state: _RunState):
+    def __init__(self, info: SiteInfo, spec: NeuronSpec, neuron: NeuronLayer, state: RunState):
         super().__init__()
         self.info = info
         self.spec = spec
@@ -202,11 +71,7 @@ class SpikingSite(nn.Module):
         self.v: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
         self._presim: list[tuple] = []
-        #: callables ``(site, drive, result)`` called after each simulated part (used to record)
-        self.recorders: list[Callable[["SpikingSite", torch.Tensor, SimResult], None]] = []
-        #: callables ``(site, x_seq, v0) -> v0`` that set a run's initial state per sample
-        self.initializers: list[Callable[["SpikingSite", torch.Tensor, torch.Tensor], torch.Tensor]] = []
-        #: per-sample corrections fed by a pre-simulation (see the module docstring)
+        #: per-input corrections fed by a pre-simulation (:mod:`snnbridge.corrections`)
         self.corrections: list[SiteCorrection] = []
 
     @property
@@ -228,15 +93,8 @@ class SpikingSite(nn.Module):
         return x.view(n, b, *x.shape[1:])
 
     def initial_state(self, like: torch.Tensor) -> torch.Tensor:
-        """The state a run (or the counted part after a pre-simulation) starts from."""
-        v = self.spec.v0_tensor(like)
-        for init in self.initializers:
-            v = init(self, like, v)
-        return v
-
-    def _threshold(self, like: torch.Tensor):
-        th = self.spec.threshold
-        return th if isinstance(th, float) else self.spec.threshold_tensor(like, 1)
+        """The state a run (or the counted part after a pre-simulation) starts from: the spec's ``v0``, full shape."""
+        return self.spec.v0_tensor(like)
 
     def _correct(self, record: PresimRecord) -> None:
         v0 = self.initial_state(record.v0)
@@ -268,30 +126,30 @@ class SpikingSite(nn.Module):
         W = self._state.warmup
         if self.corrections and W > 0 and start == W:
             drive, spikes, v_seq = (torch.cat([p[i] for p in self._presim], 0) for i in range(3))
-            self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], self._threshold(spikes[0])))
+            self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], self.spec.threshold_tensor(spikes[0], 1)))
             self._presim = []
         look = self.lookahead
         if look and start == 0:
             if seq.shape[0] < look:
                 raise InputError(f"site {self.name!r} pre-simulates the first {look} steps of its input, but only "
                                  f"{seq.shape[0]} step(s) are run; use timesteps >= {look}.")
-            drive = biased_sequence(self.spec, seq[:look], 0)
+            drive = self.spec.biased(seq[:look], 0)
             res = self.neuron.simulate(drive, self.v.clone(), return_v=True)
-            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, self._threshold(res.spikes[0])))
+            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, self.spec.threshold_tensor(res.spikes[0], 1)))
         in_presim = start < W
-        drive = biased_sequence(self.spec, seq, start if in_presim else start - W)
+        drive = self.spec.biased(seq, start if in_presim else start - W)
         keep = in_presim and bool(self.corrections)
+        recordings = self._state.recordings
         v_start = self.v
-        result = self.neuron.simulate(drive, self.v, return_v=bool(self.recorders) or keep)
+        result = self.neuron.simulate(drive, self.v, return_v=keep or any(r.wants_v for r in recordings))
         if keep:
             self._presim.append((drive, result.spikes, result.v_seq, v_start))
         self.v = result.v_last
-        for rec in self.recorders:
-            rec(self, drive, result)
-        th = self.spec.threshold
-        out = result.spikes * (th if isinstance(th, float) else self.spec.threshold_tensor(result.spikes, 2))
+        out = result.spikes * self.spec.threshold_tensor(result.spikes, 2)
         if self.mask is not None and not in_presim:
             out = out * self.mask
+        for rec in recordings:
+            rec.capture(self, drive, result, out, counted=not in_presim)
         return out
 
     def clear_state(self) -> None:
@@ -311,16 +169,15 @@ class SpikingModel(nn.Module):
     """A converted SNN: ``forward(x)`` runs T steps and returns the decoded output.
 
     Attributes: ``timesteps`` (T), ``warmup`` (uncounted network pre-simulation steps,
-    derived from the sites' corrections), ``decode_delay`` (``T -> steps skipped when
-    decoding``, or None), ``backend_name`` (the neuron backend; not ``backend``, which
-    SpikingJelly's ``set_backend`` would take for its own), ``timestep_checks`` (callables ``(snn, T)`` run before each run,
-    e.g. T-specific corrections warning about another T), ``time_chunk`` (steps per chunk,
-    None = automatic), ``backend``,
-    ``recipe`` (plain data), ``report`` (conversion report), ``sites`` (name ->
-    :class:`SpikingSite`).
+    derived from the sites' corrections), ``decode_window`` (a
+    :class:`~snnbridge.corrections.DecodeWindow`), ``backend_name`` (the neuron backend; not
+    ``backend``, which SpikingJelly's ``set_backend`` would take for its own),
+    ``timestep_checks`` (:class:`~snnbridge.corrections.TimestepCheck` objects run before
+    each run), ``time_chunk`` (steps per chunk, None = automatic), ``recipe`` (plain data),
+    ``report`` (conversion report), ``sites`` (name -> :class:`SpikingSite`).
     """
 
-    def __init__(self, graph: fx.GraphModule, sites: dict[str, SpikingSite], state: _RunState, *,
+    def __init__(self, graph: fx.GraphModule, sites: dict[str, SpikingSite], state: RunState, *,
                  timesteps: int, factory: Callable[[NeuronSpec], NeuronLayer], input_shape=None,
                  recipe: list | None = None, report: dict | None = None):
         super().__init__()
@@ -330,10 +187,9 @@ class SpikingModel(nn.Module):
         self._factory = factory
         self.timesteps = int(timesteps)
         self.time_chunk: int | None = None
-        self.decode_delay: Callable[[int], int] | None = None
-        #: callables ``(snn, T)`` run before every run with its counted T (e.g. to warn when a
-        #: plugin's corrections were calibrated for another T); they may warn or raise
-        self.timestep_checks: list[Callable[["SpikingModel", int], None]] = []
+        self.decode_window = DecodeWindow()
+        #: run before every run with its counted T (T-specific corrections warn or refuse another T)
+        self.timestep_checks: list[TimestepCheck] = []
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.backend_name = getattr(factory, "backend", "?")
         self.recipe = recipe or []
@@ -341,18 +197,17 @@ class SpikingModel(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, prepared: PreparedGraph, specs: dict[str, NeuronSpec], factory, *, timesteps: int,
+    def build(cls, graph: ConversionGraph, specs: dict[str, NeuronSpec], factory, *, timesteps: int,
               input_shape=None, recipe=None, report=None) -> "SpikingModel":
-        gm = copy.deepcopy(prepared.module)
-        state = _RunState()
+        gm = copy.deepcopy(graph.module)
+        state = RunState()
         site_nodes = {}
         sites: dict[str, SpikingSite] = {}
         for node in gm.graph.nodes:
-            if node.op == "call_module" and node.target.startswith("snnsite_"):
-                name = node.target[len("snnsite_"):]
-                info = prepared.sites[name]
-                site = SpikingSite(info, specs[name], factory(specs[name]), state)
-                _replace_module(gm, node.target, site)
+            name = site_of(node)
+            if name is not None:
+                site = SpikingSite(graph.sites[name], specs[name], factory(specs[name]), state)
+                gm.set_submodule(node.target, site)
                 sites[name] = site
                 site_nodes[node] = site
         # which values depend on the input, and which on neurons (temporal)
@@ -434,9 +289,20 @@ class SpikingModel(nn.Module):
 
     def decode_start(self, timesteps: int) -> int:
         """Counted steps skipped before averaging, for a run of ``timesteps`` (delayed evaluation)."""
-        if self.decode_delay is None:
-            return 0
-        return int(min(max(0, int(self.decode_delay(timesteps))), timesteps - 1))
+        return self.decode_window.start(timesteps)
+
+    # -- plugin helpers -----------------------------------------------------------------------------------
+    def record(self, sites: Iterable[str] | str | None = None, keep: Iterable[str] | str = ("spikes",)) -> Recording:
+        """Record what ``sites`` (default: all) see and do in the runs of a ``with`` block.
+
+        ``keep``: any of ``drive``, ``spikes``, ``v``, ``output``, ``rate``, ``drive_mean``
+        (see :mod:`snnbridge.recording`).
+        """
+        return Recording(self, sites, keep)
+
+    def feeding_layer(self, site: str) -> Feed | None:
+        """The Conv/Linear of this SNN whose bias reaches ``site`` unchanged, or None (:mod:`snnbridge.feeding`)."""
+        return feeding_layer(self.graph_module, site)
 
     # -- running ------------------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
@@ -474,7 +340,7 @@ class SpikingModel(nn.Module):
         T = self.timesteps if timesteps is None else int(timesteps)
         if T < 1:
             raise InputError(f"timesteps must be >= 1, got {T}.")
-        for check in getattr(self, "timestep_checks", ()):  # absent on models saved before it existed
+        for check in self.timestep_checks:
             check(self, T)
         total = self.warmup + T
         state = self._state
@@ -485,6 +351,8 @@ class SpikingModel(nn.Module):
         chunk = self._chunk(x.shape[0], total)
         outs = []
         t0 = 0
+        for rec in state.recordings:
+            rec.begin_run(state.warmup)
         while t0 < total:
             n = min(chunk, total - t0)
             state.n, state.t0 = n, t0
@@ -493,6 +361,8 @@ class SpikingModel(nn.Module):
                 raise InputError("the converted model must return one tensor per step.")
             outs.append(y.view(n, x.shape[0], *y.shape[1:]))
             t0 += n
+        for rec in state.recordings:
+            rec.end_run()
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
@@ -523,7 +393,3 @@ class SpikingModel(nn.Module):
     def extra_repr(self) -> str:
         return f"backend={self.backend_name}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"
 
-
-def _replace_module(gm: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)

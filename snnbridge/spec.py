@@ -34,6 +34,7 @@ from typing import Union
 
 import torch
 
+from . import channels
 from .errors import InputError
 
 Scalar = Union[float, int]
@@ -108,12 +109,12 @@ class NeuronSpec:
         """True when the threshold is a per-channel tensor."""
         return isinstance(self.threshold, torch.Tensor)
 
-    def threshold_tensor(self, like: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    def threshold_tensor(self, like: torch.Tensor, channel_dim: int = 1) -> torch.Tensor | float:
         """The threshold broadcastable against ``like`` (a ``[B, C, ...]`` or ``[T, B, C, ...]`` tensor).
 
-        ``channel_dim`` counts in ``like``'s layout.
+        ``channel_dim`` counts in ``like``'s layout; a layer-wise threshold stays a float.
         """
-        return _broadcast_channels(self.threshold, like, channel_dim)
+        return channels.broadcast(self.threshold, like, channel_dim)
 
     def v0_tensor(self, like: torch.Tensor) -> torch.Tensor:
         """The initial potential expanded to the full state shape of ``like`` (``[B, C, ...]``).
@@ -126,7 +127,7 @@ class NeuronSpec:
             return torch.full_like(like, v0)
         v0 = v0.to(device=like.device, dtype=like.dtype)
         if v0.dim() == 1 and like.dim() >= 2 and v0.shape[0] == like.shape[1]:
-            v0 = _broadcast_channels(v0, like, 1)
+            v0 = channels.broadcast(v0, like, 1)
         elif tuple(v0.shape) == tuple(like.shape[1:]):
             v0 = v0.unsqueeze(0)
         elif tuple(v0.shape) != tuple(like.shape):
@@ -134,20 +135,58 @@ class NeuronSpec:
                              f"{tuple(like.shape)}; give a float, [C] or [C, ...] (the activation shape without batch).")
         return v0.expand_as(like).clone()
 
-    def bias_at(self, t: int, like: torch.Tensor) -> torch.Tensor | float:
-        """The per-step bias for 0-based step ``t`` broadcastable against ``like`` ([B, C, ...])."""
+    def step_table(self, timesteps: int, channels: int) -> torch.Tensor:
+        """The per-step bias as a fresh ``[T, C]`` float32 table on the CPU (zeros when there is none).
+
+        Several plugins can write per-step biases (a constant shift, per-step tables): each
+        builds on the table of the spec it received. A table shorter than ``timesteps`` cannot
+        be extended (it was calibrated for a shorter run).
+        """
+        b, T = self.step_bias, int(timesteps)
+        if b is None:
+            return torch.zeros(T, channels)
+        if isinstance(b, float):
+            return torch.full((T, channels), b)
+        if b.shape[0] < T:
+            raise InputError(f"a per-step bias table of {b.shape[0]} steps cannot be extended to {T} steps; "
+                             "calibrate every T-specific plugin of the recipe for the same T.")
+        table = b[:T].detach().float().cpu()
+        if table.dim() == 1:
+            return table[:, None].expand(T, channels).clone()
+        return table.clone()
+
+    def offset_v0(self, delta: torch.Tensor) -> "NeuronSpec":
+        """A copy whose initial potential is ``v0 + delta`` (``delta`` per position, ``[C, ...]``)."""
+        v0 = self.v0
+        if isinstance(v0, float):
+            return self.replace(v0=delta + v0)
+        v0 = v0.to(delta.dtype)
+        if v0.dim() == 1 and delta.dim() > 1:
+            v0 = v0.view(-1, *([1] * (delta.dim() - 1)))
+        return self.replace(v0=v0 + delta)
+
+    def biased(self, x_seq: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        """``x_seq`` (``[n, B, C, ...]``) plus the per-step bias of absolute steps ``t0 .. t0+n-1``.
+
+        This is the drive the neurons integrate; adapters never see the bias itself.
+        """
         b = self.step_bias
         if b is None:
-            return 0.0
+            return x_seq
         if isinstance(b, float):
-            return b
-        if t >= b.shape[0]:
-            raise InputError(f"NeuronSpec.step_bias has {b.shape[0]} steps but step {t + 1} was run; the bias "
-                             "table was calibrated for a shorter run. Re-run the correction for this T.")
-        row = b[t].to(device=like.device, dtype=like.dtype)
-        if row.dim() == 0:
-            return row
-        return _broadcast_channels(row, like, 1)
+            return x_seq + b
+        n = x_seq.shape[0]
+        if b.shape[0] < t0 + n:
+            raise InputError(f"the neuron's per-step bias table has {b.shape[0]} steps but step {t0 + n} was run; it "
+                             "was calibrated for a shorter run. Re-run the correction (convert again) for this T.")
+        rows = b[t0:t0 + n].to(device=x_seq.device, dtype=x_seq.dtype)
+        shape = [n] + [1] * (x_seq.dim() - 1)
+        if rows.dim() == 2:
+            if x_seq.dim() < 3 or x_seq.shape[2] != rows.shape[1]:
+                raise InputError(f"a per-step, per-channel bias of {rows.shape[1]} channels does not fit activations "
+                                 f"shaped {tuple(x_seq.shape[1:])}.")
+            shape[2] = rows.shape[1]
+        return x_seq + rows.view(shape)
 
     def describe(self) -> dict:
         """A short JSON-friendly summary (for reports)."""
@@ -159,14 +198,3 @@ class NeuronSpec:
             return {"shape": list(v.shape), "min": float(v.min()), "max": float(v.max()), "mean": float(v.mean())}
         return {"threshold": summ(self.threshold), "v0": summ(self.v0), "step_bias": summ(self.step_bias)}
 
-
-def _broadcast_channels(values, like: torch.Tensor, channel_dim: int) -> torch.Tensor | float:
-    if isinstance(values, float):
-        return values
-    values = values.to(device=like.device, dtype=like.dtype)
-    if like.dim() <= channel_dim or like.shape[channel_dim] != values.shape[0]:
-        raise InputError(f"a per-channel value of length {values.shape[0]} does not match dimension {channel_dim} "
-                         f"of a tensor shaped {tuple(like.shape)}.")
-    shape = [1] * like.dim()
-    shape[channel_dim] = values.shape[0]
-    return values.view(shape)

@@ -19,6 +19,8 @@ import torch
 import snnbridge
 from snnbridge import BackendError, NeuronSpec, OptionError, simulate
 
+from helpers import zoo
+
 BACKENDS = ("torch", "spikingjelly", "snntorch")
 RECIPES = {
     "maxnorm": ["maxnorm"],
@@ -30,29 +32,15 @@ REL_ATOL = 1e-5
 
 def run_recording(snn, x):
     """Output of ``snn(x)`` plus, per site, the spikes ``[T, B, ...]`` and post-reset membranes it produced."""
-    seen: dict[str, list] = {}
-
-    def record(site, drive, result):
-        seen.setdefault(site.name, []).append((result.spikes.detach().clone(), result.v_seq.detach().clone()))
-
-    for site in snn.sites.values():
-        site.recorders.append(record)
-    try:
-        with torch.no_grad():
-            y = snn(x)
-    finally:
-        for site in snn.sites.values():
-            site.recorders.remove(record)
-    return y, {k: (torch.cat([s for s, _ in v]), torch.cat([m for _, m in v])) for k, v in seen.items()}
+    with torch.no_grad(), snn.record(keep=("spikes", "v")) as rec:
+        y = snn(x)
+    return y, {name: (rec[name].spikes, rec[name].v) for name in snn.sites}
 
 
 @pytest.fixture(scope="module")
 def converted():
     """{(recipe, backend): SpikingModel} for the shared small residual network (built once)."""
-    from conftest import SmallResNet, randomize_bn
-
-    torch.manual_seed(0)
-    model = randomize_bn(SmallResNet()).eval()
+    model = zoo.small_resnet()
     g = torch.Generator().manual_seed(1)
     calib = [torch.rand(16, 3, 8, 8, generator=g) for _ in range(4)]
     return {(r, b): snnbridge.convert(model, recipe, calibration=calib, backend=b, timesteps=16, progress=False)

@@ -13,8 +13,8 @@ from torch import nn
 import snnbridge
 from snnbridge import PluginInfo, hookimpl
 
-import _data_driven as dd
-from _plugins import fixed_threshold
+from helpers import data_driven as dd
+from helpers.plugins import fixed_threshold
 
 BACKENDS = snnbridge.get_registry().names("backend")
 
@@ -124,15 +124,11 @@ def test_bias_correction_without_a_single_feeding_layer_uses_a_per_step_bias():
     assert any("per-step, per-channel neuron bias" in n for n in snn.report["notes"])
 
     def channel_error(s):
-        got = []
-        s.sites[name].recorders.append(lambda site, d, r: got.append(r.spikes))
-        s.run(data[0])
-        rate = torch.cat(got).mean(0) * s.specs[name].threshold
-        ref = snnbridge.prepare_graph(model)
-        acts = {}
-        ref.module.get_submodule(f"snnsite_{name}").register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
-        ref.module(data[0])
-        return float((rate - acts["a"]).mean(dim=(0, 2, 3)).abs().mean())
+        with s.record(name) as rec:
+            s.run(data[0])
+        rate = rec[name].spikes.mean(0) * s.specs[name].threshold
+        acts = dd.ann_activations(model, data[0])
+        return float((rate - acts[name]).mean(dim=(0, 2, 3)).abs().mean())
 
     assert channel_error(snn) < channel_error(base)
 
@@ -231,7 +227,7 @@ class _Spy:
 
     @hookimpl
     def snnbridge_correct_error(self, snn, ctx):
-        fresh = snnbridge.prepare_graph(self.model).module
+        fresh = snnbridge.trace_for_conversion(self.model).module
         torch.testing.assert_close(ctx.ann(self.x), fresh(self.x), rtol=0, atol=0)
         ref = dict(ctx.ann.named_parameters())
         for name, p in snn.graph_module.named_parameters():
@@ -255,7 +251,7 @@ def test_calibration_never_changes_the_user_model_nor_the_reference_ann(trained)
         assert torch.equal(v, state[k]), k
     assert [(n, m.training) for n, m in model.named_modules()] == flags
     # the SNN's weights and biases moved (WC, BC/PC live in the SNN copy only)
-    prepared = snnbridge.prepare_graph(net).module
+    prepared = snnbridge.trace_for_conversion(net).module
     ref = dict(prepared.named_parameters())
     moved = [n for n, p in snn.graph_module.named_parameters() if n in ref and not torch.equal(p, ref[n])]
     assert moved
@@ -265,7 +261,7 @@ def test_calibration_never_changes_the_user_model_nor_the_reference_ann(trained)
 def test_light_bias_correction_goes_into_the_snn_copy_only(trained):
     net, data = trained
     snn = _convert(net, data, {"preset": "light"})
-    ref = dict(snnbridge.prepare_graph(net).module.named_parameters())
+    ref = dict(snnbridge.trace_for_conversion(net).module.named_parameters())
     changed = {n for n, p in snn.graph_module.named_parameters() if n.endswith("bias") and not torch.equal(p, ref[n])}
     assert changed  # BC wrote into the SNN copy's biases
     torch.testing.assert_close(net(dd.test_set()[0][:8]), dd.trained_net()(dd.test_set()[0][:8]))

@@ -21,11 +21,12 @@ from snnbridge.cli import main
 from snnbridge.data import DataError, open_image_folder
 from snnbridge.io import SnnFileError
 
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-import _cli_models  # noqa: E402
+from helpers import zoo
+from helpers.plugins import WarmupShift
 
-MODEL = "_cli_models:make_net"
+TESTS = Path(__file__).resolve().parent
+
+MODEL = "helpers.zoo:make_net"
 CLASSES = ("cat", "dog", "fox")
 
 
@@ -49,7 +50,7 @@ def workdir(tmp_path_factory):
     _write_images(root / "data" / "train", per_class=6, seed=0)
     _write_images(root / "data" / "test", per_class=4, seed=1)
     torch.manual_seed(0)
-    torch.save({"model": _cli_models.make_net().state_dict(), "epoch": 7}, root / "ann.pt")
+    torch.save({"model": zoo.make_net().state_dict(), "epoch": 7}, root / "ann.pt")
     (root / "recipe.yaml").write_text("recipe:\n  - robustnorm: {percentile: 99.5}\nbackend: torch\ntimesteps: 4\n")
     (root / "recipe.toml").write_text('recipe = [{maxnorm = {channelwise = true}}]\ntimesteps = 6\n'
                                       '[backend]\nname = "torch"\n')
@@ -141,7 +142,7 @@ def test_convert_yaml_then_evaluate(capsys, workdir, tmp_path):
         for r in result["results"]:
             expected = (snn(x, timesteps=r["T"]).argmax(-1) == y).double().mean().item()
             assert r["accuracy"] == pytest.approx(expected)
-        ann = _cli_models.make_net()
+        ann = zoo.make_net()
         ann.load_state_dict(torch.load(workdir / "ann.pt")["model"])
         assert result["ann_accuracy"] == pytest.approx((ann.eval()(x).argmax(-1) == y).double().mean().item())
 
@@ -219,11 +220,11 @@ def test_user_errors_exit_2_without_traceback(capsys, workdir, tmp_path, case, e
     elif case == "missing_checkpoint":
         over["--checkpoint"] = tmp_path / "nope.pt"
     elif case == "wrong_checkpoint":
-        over["--model"] = "_cli_models:make_wide_net"
+        over["--model"] = "helpers.zoo:make_wide_net"
     elif case == "missing_module":
         over["--model"] = "no_such_module_xyz:make"
     elif case == "missing_factory":
-        over["--model"] = "_cli_models:make_nett"
+        over["--model"] = "helpers.zoo:make_nett"
     elif case == "missing_data":
         over["--data"] = tmp_path / "nodata"
     elif case == "no_data":
@@ -293,12 +294,12 @@ def test_save_load_round_trip(small_resnet, calib_batches, test_input, tmp_path)
 def test_save_load_keeps_runtime_corrections(small_resnet, calib_batches, test_input, tmp_path):
     snn = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=4, progress=False)
     for site in snn.sites.values():
-        site.corrections.append(_cli_models.WarmupShift())
+        site.corrections.append(WarmupShift())
     assert snn.steps_run == 6
     loaded, info = snnbridge.load(snnbridge.save(snn, tmp_path / "snn.pt"), with_info=True)
     assert info["warmup"] == 2 and info["steps_run"] == loaded.steps_run == 6
     assert torch.equal(loaded.sweep(test_input), snn.sweep(test_input))
-    snn.decode_delay = lambda T: T // 2  # a plugin attaching a lambda: a clear error, no half-written file
+    snn.timestep_checks.append(lambda s, T: None)  # a plugin attaching a lambda: a clear error, no half-written file
     with pytest.raises(SnnFileError, match="cannot be saved"):
         snnbridge.save(snn, tmp_path / "bad.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snn.pt"]

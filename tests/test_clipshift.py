@@ -9,7 +9,7 @@ from torch import nn
 import snnbridge
 from snnbridge.plugins.clipshift import ThresholdReLU
 
-from _qcfs_family import BACKENDS, one_site, spike_counts
+from helpers.qcfs_family import BACKENDS, one_site, spike_counts
 
 
 def one_clip_site(y_th: float = 1.0) -> nn.Module:
@@ -83,16 +83,14 @@ def test_g5_per_step_shift_versus_initial_potential(backend):
     for key, snn in (("shift", shift), ("opi", opi), ("qcfs", qcfs)):
         spec = next(iter(snn.specs.values()))
         assert spec.threshold == 1.0
-        seen = []
-        site = next(iter(snn.sites.values()))
-        site.recorders.append(lambda s, drive, res: seen.append((drive, res)))
-        per_step = snn.run(x)
-        site.recorders.clear()
+        (name,) = snn.sites
+        with snn.record(keep=("drive", "spikes", "v")) as rec:
+            per_step = snn.run(x)
         assert per_step.view(-1).cumsum(0).tolist() == want[key], key
-        drive, res = seen[0]
-        n = res.spikes.sum(0)
+        trace = rec[name]
+        n = trace.spikes.sum(0)
         v0 = spec.v0
-        identity = drive.mean(0) - (res.v_seq[-1] - v0) / 8
+        identity = trace.drive.mean(0) - (trace.v[-1] - v0) / 8
         torch.testing.assert_close(spec.threshold * n / 8, identity, rtol=0, atol=1e-6)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import snnbridge
-from _plugins import fixed_threshold
+from helpers.plugins import fixed_threshold
 
 
 def _one_site_net():

@@ -10,7 +10,7 @@ from torch import nn
 import snnbridge
 from snnbridge import (CalibrationError, InputError, MissingRequirementError, OptionError, PluginConflictError,
                        PluginLoadError, RecipeParseError, UnknownPluginError, UnsupportedModelError, hookimpl)
-from _plugins import module_plugin, recorder
+from helpers.plugins import module_plugin, recorder
 
 
 def _net():

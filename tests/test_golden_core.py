@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import snnbridge
-from _plugins import fixed_threshold
+from helpers.plugins import fixed_threshold
 
 
 def test_g13_conv_bn_folding():
@@ -20,7 +20,7 @@ def test_g13_conv_bn_folding():
     bn.running_mean.fill_(1.0)
     bn.running_var.fill_(4.0)
     model = nn.Sequential(conv, bn, nn.ReLU()).eval()
-    prepared = snnbridge.prepare_graph(model)
+    prepared = snnbridge.trace_for_conversion(model)
     convs = [m for m in prepared.module.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 and not any(isinstance(m, nn.BatchNorm2d) for m in prepared.module.modules())
     assert convs[0].weight.item() == pytest.approx(3.0)
@@ -38,7 +38,7 @@ def test_bn_folding_linear_and_conv_without_bias_is_exact():
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 2)
     model.eval()
-    prepared = snnbridge.prepare_graph(model)
+    prepared = snnbridge.trace_for_conversion(model)
     assert len(prepared.report["folded_bn"]) == 2
     x = torch.randn(4, 3, 8, 8)
     torch.testing.assert_close(prepared.module(x), model(x), rtol=1e-5, atol=1e-5)
@@ -55,7 +55,7 @@ def test_bn_after_residual_add_is_kept_not_folded():
             return torch.relu(self.bn(self.conv(x) + x))
 
     model = Block().eval()
-    prepared = snnbridge.prepare_graph(model)
+    prepared = snnbridge.trace_for_conversion(model)
     assert prepared.report["folded_bn"] == []
     assert any("bn" in k for k in prepared.report["kept_bn"])
     x = torch.randn(2, 2, 3, 3)
@@ -143,10 +143,9 @@ def test_g14_diehl_weight_scaling_equals_threshold_form():
     one = snnbridge.convert(scaled, [fixed_threshold("one", 1.0)], example_input=x, timesteps=16, progress=False)
     spikes = {}
     for tag, snn in (("thr", thr), ("one", one)):
-        for site in snn.sites.values():
-            site.recorders.append(lambda s, d, r, tag=tag: spikes.setdefault((tag, s.name), r.spikes.clone()))
-        out = snn(x)
-        spikes[(tag, "out")] = out
+        with snn.record() as rec:
+            spikes[(tag, "out")] = snn(x)
+        spikes.update({(tag, name): rec[name].spikes for name in snn.sites})
     for site in ("1", "3"):
         assert torch.equal(spikes[("thr", site)], spikes[("one", site)])
         assert spikes[("thr", site)].sum() > 0

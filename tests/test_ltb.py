@@ -11,7 +11,7 @@ from torch import nn
 
 import snnbridge
 
-import _data_driven as dd
+from helpers import data_driven as dd
 
 BACKENDS = snnbridge.get_registry().names("backend")
 
@@ -66,7 +66,7 @@ def test_v0_is_half_threshold_and_dead_channels_are_silenced():
     torch.testing.assert_close(spec.v0, 0.5 * spec.threshold)
     assert float(spec.threshold[1]) == pytest.approx(1e-6)
     assert any("never activated" in n for n in snn.report["notes"])
-    assert snnbridge.build_recipe(["ltb"]).steps[0].info.provides == ("threshold", "v0_base")
+    assert snnbridge.build_recipe(["ltb"]).entries[0].info.provides == ("threshold", "v0_base")
 
 
 def test_pre_neuron_max_pooling_balances_pooled_currents():
@@ -94,7 +94,8 @@ def test_g17_decoding_window():
     sweep = snn.sweep(x[:5])
     for t in (1, 4, 5, 16, 24, 64):
         torch.testing.assert_close(sweep[t - 1], snn(x[:5], timesteps=t))
-    assert snn.decode_delay(16) == 12 and snn.decode_delay(64) == 20 and snn.decode_delay(3) == 0
+    window = snn.decode_window
+    assert window.start(16) == 12 and window.start(64) == 20 and window.start(3) == 0
 
 
 def test_delay_estimate_follows_the_paper_formula():
@@ -113,7 +114,7 @@ def test_delay_estimate_follows_the_paper_formula():
         i = int(m.argmax())
         expected += float(th[i] - 0.25 * th[i]) / float(m[i])
     assert snn.report["ltb_t0_est"] == math.floor(expected)
-    assert snn.decode_delay(100) == math.floor(expected)
+    assert snn.decode_window.start(100) == math.floor(expected)
 
 
 def test_delay_survives_save_and_load(tmp_path):
@@ -121,7 +122,7 @@ def test_delay_survives_save_and_load(tmp_path):
     snn = snnbridge.convert(_relu_head(), [{"ltb": {"delay": 3}}], calibration=[x], timesteps=8, progress=False)
     snnbridge.save(snn, tmp_path / "ltb.pt")
     back = snnbridge.load(tmp_path / "ltb.pt")
-    assert back.decode_delay(8) == 3
+    assert back.decode_window.start(8) == 3
     torch.testing.assert_close(back(x), snn(x))
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import snnbridge
 
-from _qcfs_family import BACKENDS, qcfs_mlp
+from helpers.qcfs_family import BACKENDS, qcfs_mlp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

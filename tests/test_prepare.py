@@ -44,7 +44,7 @@ class ClipPlugin:
 
     @hookimpl
     def snnbridge_estimate_threshold(self, ctx):
-        return {n: float(ctx.ann.get_submodule(f"snnsite_{n}").activation.bound) for n in ctx.sites}
+        return {n: float(ctx.site_module(n).activation.bound) for n in ctx.sites}
 
 
 class Net(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 import snnbridge
 from snnbridge.plugins.qcfs import QCFS
 
-from _qcfs_family import BACKENDS, one_site, qcfs_mlp, set_lambdas, spike_counts
+from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, set_lambdas, spike_counts
 
 
 # -- G1, G2: the activation ------------------------------------------------------------------------------

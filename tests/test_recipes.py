@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from torch import nn
 
 import snnbridge
-from _plugins import recorder
+from helpers.plugins import recorder
 
 
 def test_python_yaml_toml_give_the_same_recipe(tmp_path):
@@ -28,14 +30,17 @@ def test_config_backend_options_and_string_backend(tmp_path):
     (tmp_path / "a.yaml").write_text("recipe: [maxnorm]\nbackend: {name: spikingjelly, kernel: auto}\n")
     cfg = snnbridge.load_config(tmp_path / "a.yaml")
     assert cfg.backend == "spikingjelly" and cfg.backend_options == {"kernel": "auto"} and cfg.timesteps == 32
-    (tmp_path / "b.yaml").write_text("recipe: maxnorm\nbackend: snntorch\nnote: kept\n")
+    (tmp_path / "b.yaml").write_text("recipe: maxnorm\nbackend: snntorch\ndescription: kept\n")
     cfg = snnbridge.load_config(tmp_path / "b.yaml")
-    assert cfg.recipe == ["maxnorm"] and cfg.backend == "snntorch" and cfg.extra == {"note": "kept"}
+    assert cfg.recipe == ["maxnorm"] and cfg.backend == "snntorch" and cfg.description == "kept"
+    (tmp_path / "c.yaml").write_text("recipe: maxnorm\ntimestep: 8\n")  # misspelled key: refused before any work
+    with pytest.raises(snnbridge.RecipeParseError, match="unknown key 'timestep'.*Did you mean 'timesteps'"):
+        snnbridge.load_config(tmp_path / "c.yaml")
 
 
 def test_tuple_entries_and_int_to_float_coercion():
     r = snnbridge.build_recipe([("robustnorm", {"percentile": 99})])
-    assert r.steps[0].options["percentile"] == 99.0 and isinstance(r.steps[0].options["percentile"], float)
+    assert r.entries[0].options["percentile"] == 99.0 and isinstance(r.entries[0].options["percentile"], float)
 
 
 def test_stage_calls_follow_recipe_order_not_registration_order():

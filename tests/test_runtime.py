@@ -80,14 +80,14 @@ def test_functional_relus_are_rewritten_and_reused_modules_get_one_site_per_call
             x = self.act(self.fc2(x))
             return self.fc3(F.relu(x) + x.relu() + torch.clamp(x, min=0))
 
-    prepared = snnbridge.prepare_graph(Reuse())
+    prepared = snnbridge.trace_for_conversion(Reuse())
     assert list(prepared.sites) == ["act", "act_1", "relu", "relu_1", "clamp"]
     assert len(prepared.report["rewritten_functional"]) == 3
 
 
 def test_clip_activations_keep_their_bound():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU6(), nn.Linear(4, 4), nn.Hardtanh(0.0, 2.0), nn.Linear(4, 1))
-    prepared = snnbridge.prepare_graph(model)
+    prepared = snnbridge.trace_for_conversion(model)
     assert [(s.kind, s.clip_max) for s in prepared.sites.values()] == [("relu6", 6.0), ("clip", 2.0)]
     x = torch.randn(5, 4) * 10
     torch.testing.assert_close(prepared.module(x), model(x))
@@ -107,7 +107,7 @@ def test_maxpool_after_relu_moves_before_the_neuron_and_others_are_reported():
             return self.fc(torch.flatten(x, 1))
 
     model = Pools().eval()
-    prepared = snnbridge.prepare_graph(model)
+    prepared = snnbridge.trace_for_conversion(model)
     assert prepared.report["pre_neuron_maxpool"] == ["pool moved before site relu"]
     assert len(prepared.report["spike_maxpool"]) == 1
     x = torch.randn(3, 2, 8, 8)
@@ -144,8 +144,9 @@ def test_per_step_bias_and_initial_potential_are_carried_by_the_runtime(small_re
     for tag, new in {"base": spec, "v0": spec.replace(v0=0.5 * spec.threshold),
                      "bias": spec.replace(step_bias=torch.full((4,), 0.125) * spec.threshold)}.items():
         snn.set_spec(name, new)
-        snn.sites[name].recorders[:] = [lambda s, d, r, tag=tag: runs.setdefault(tag, r.spikes.sum().item())]
-        snn(test_input)
+        with snn.record(name) as rec:
+            snn(test_input)
+        runs[tag] = rec[name].spikes.sum().item()
     assert runs["v0"] > runs["base"] and runs["bias"] > runs["base"]
     short = spec.replace(step_bias=torch.zeros(2))
     snn.set_spec(name, short)

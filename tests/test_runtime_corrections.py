@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import snnbridge
-from snnbridge.runtime import Adjustment, SiteCorrection
+from snnbridge import Adjustment, DecodeWindow, SiteCorrection
 
 
 class ShiftV0(SiteCorrection):
@@ -38,13 +38,9 @@ def _snn(T=8):
 
 
 def _spikes(snn, x, T=None):
-    got = {}
-    for site in snn.sites.values():
-        site.recorders[:] = [lambda s, d, r: got.setdefault(s.name, []).append(r.spikes)]
-    out = snn(x, timesteps=T)
-    for site in snn.sites.values():
-        site.recorders.clear()
-    return out, {k: torch.cat(v, 0) for k, v in got.items()}
+    with snn.record() as rec:
+        out = snn(x, timesteps=T)
+    return out, {name: rec[name].spikes for name in snn.sites}
 
 
 def test_layer_lookahead_restarts_the_counted_run_from_the_corrected_state():
@@ -94,9 +90,9 @@ def test_network_warmup_is_shared_uncounted_and_chunk_independent():
     assert all(m is not None for m in masks) and any((m == 0).any() for m in masks)
 
 
-def test_decode_delay_g17_window():
+def test_decode_window_g17():
     snn, x = _snn(T=64)
-    snn.decode_delay = lambda T: min(20, T - 4)  # G17: t0 = min(t0_est, T - 4), t0_est = 20
+    snn.decode_window = DecodeWindow(delay=20, keep=4)  # G17: t0 = min(t0_est, T - 4), t0_est = 20
     per_step = snn.run(x)
     torch.testing.assert_close(snn(x, timesteps=16), per_step[12:16].mean(0))  # steps 13..16
     torch.testing.assert_close(snn(x), per_step[20:64].mean(0))  # steps 21..64

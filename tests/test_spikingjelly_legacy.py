@@ -1,7 +1,7 @@
 """The spikingjelly adapter under SpikingJelly 0.0.0.0.14 (the generation with ``backend='torch'|'cupy'``).
 
 0.0.0.0.14 cannot be installed beside SpikingJelly 2, so the checks run in one subprocess
-whose PYTHONPATH puts a separate install first (tests/_sj_legacy.py locates or creates it:
+whose PYTHONPATH puts a separate install first (tests/helpers/sj_legacy.py locates or creates it:
 ``$SNNBRIDGE_SJ_LEGACY_DIR`` or ``.cache/sj014``). Never skipped: a missing install is
 created, and a failed install fails the tests with the command to run by hand.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from _sj_legacy import VERSION, legacy_dir, run_legacy_checks
+from helpers.sj_legacy import VERSION, legacy_dir, run_legacy_checks
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 import snnbridge
 from snnbridge.plugins.qcfs import QCFS
 from snnbridge.plugins.srp import ResidualPotentialMask
-from snnbridge.runtime import PresimRecord
+from snnbridge import PresimRecord
 
-from _qcfs_family import BACKENDS, one_site, qcfs_mlp, reference_srp
+from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, reference_srp
 
 G7_X = torch.tensor([[0.9, 0.9, -0.8, -0.8],
                      [0.3, 0.3, 0.3, 0.3],

@@ -11,7 +11,7 @@ import torch
 
 import snnbridge
 
-import _data_driven as dd
+from helpers import data_driven as dd
 
 BACKENDS = snnbridge.get_registry().names("backend")
 INSTALLED = set(snnbridge.get_registry().names())
@@ -104,7 +104,7 @@ class _Untouchable:
 
 
 @pytest.mark.parametrize("recipe,error,match", [
-    (["calibration", "ltb"], snnbridge.PluginConflictError, "'calibration' must come after 'ltb'"),
+    (["calibration", "ltb"], snnbridge.PluginConflictError, "'snn_calibration' must come after 'ltb'"),
     (["calibration", "robustnorm"], snnbridge.PluginConflictError, "must come after 'robustnorm'"),
     (["ftbc", "maxnorm"], snnbridge.PluginConflictError, "'ftbc' needs 'threshold' from an earlier plugin"),
     (["ftbc"], snnbridge.MissingRequirementError, "'ftbc' needs 'threshold'"),
@@ -112,7 +112,7 @@ class _Untouchable:
     (["ltb", {"calibration": {"shift": "on"}}], snnbridge.PluginConflictError,
      "shift: on adds \\+theta/\\(2T\\).*'ltb' sets the base initial potential"),
     pytest.param(["maxnorm", "calibration", "opi"], snnbridge.PluginConflictError,
-                 "'calibration' must come after 'opi'", marks=_needs("opi")),
+                 "'snn_calibration' must come after 'opi'", marks=_needs("opi")),
     pytest.param(["clipshift", {"calibration": {"shift": "on"}}], snnbridge.PluginConflictError,
                  "'clipshift' already adds a per-step shift", marks=_needs("clipshift")),
     pytest.param(["qcfs", {"calibration": {"shift": "on"}}], snnbridge.PluginConflictError,

@@ -10,7 +10,7 @@ from torch import nn
 
 import snnbridge
 
-from _qcfs_family import BACKENDS, qcfs_mlp, reference_srp
+from helpers.qcfs_family import BACKENDS, qcfs_mlp, reference_srp
 
 # -- COS + SRP semantics ------------------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ def test_cos_and_srp_share_one_warmup(backend):
 @torch.no_grad()
 def _reference_stack_long_warmup(net, x, T, tau, rho):
     """The stack with rho > tau: the warm-up runs rho steps; SRP's mask is taken from v after step tau."""
-    from _qcfs_family import blocks_of, official_cos_shift
+    from helpers.qcfs_family import blocks_of, official_cos_shift
 
     linears, lams = blocks_of(net)
     first = linears[0](x)

@@ -30,8 +30,8 @@ def test_torchvision_models_convert_and_run(factory, expect):
     assert out.shape == ann.shape == (2, 10)
     assert torch.isfinite(out).all()
     # the network really spikes at the first and the last site (enough steps for spikes to reach the deepest layer: 35 sites deep for mobilenet_v2)
-    rates = {}
-    for name in (next(iter(snn.sites)), list(snn.sites)[-1]):
-        snn.sites[name].recorders.append(lambda s, d, r: rates.setdefault(s.name, r.spikes.mean().item()))
-    snn(data[0][:2])
+    ends = (next(iter(snn.sites)), list(snn.sites)[-1])
+    with snn.record(ends) as rec:
+        snn(data[0][:2])
+    rates = {name: rec[name].spikes.mean().item() for name in ends}
     assert all(r > 0 for r in rates.values()), rates

@@ -14,30 +14,9 @@ from torch import nn
 
 import snnbridge
 
+from .zoo import BNNet
+
 CLASSES = 4
-
-
-class BNNet(nn.Module):
-    """conv-BN-ReLU-avgpool, a residual block, conv-BN-ReLU-maxpool (pre-neuron max pooling), FC-BN-ReLU, FC."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv3, self.bn3 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv4, self.bn4 = nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12)
-        self.fc1, self.bn5 = nn.Linear(12 * 2 * 2, 16), nn.BatchNorm1d(16)
-        self.fc2 = nn.Linear(16, CLASSES)
-        self.pool = nn.AvgPool2d(2)
-        self.mp = nn.MaxPool2d(2)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        y = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(y)) + x)
-        x = self.mp(F.relu(self.bn4(self.conv4(x))))
-        x = F.relu(self.bn5(self.fc1(torch.flatten(x, 1))))
-        return self.fc2(x)
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +70,13 @@ def accuracy(snn_or_ann, timesteps: int | None = None) -> float:
 
 
 @torch.no_grad()
+def ann_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every site's ANN activation for the batch ``x`` (the traced, BN-folded ANN; public API)."""
+    graph = snnbridge.trace_for_conversion(model, claim=snnbridge.get_registry().claim_module)
+    return snnbridge.ConversionContext(graph, timesteps=1).site_activations(x)
+
+
+@torch.no_grad()
 def layer_errors(snn, T: int, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
     """Per site, on the test images: ANN activation ``a`` (reference ANN) vs SNN rate ``r`` and per-step outputs.
 
@@ -100,23 +86,12 @@ def layer_errors(snn, T: int, model: nn.Module | None = None) -> dict[str, dict[
     ``model``: the ANN the SNN was converted from (default: :func:`trained_net`).
     """
     x, _ = test_set()
-    ann = snnbridge.prepare_graph(model if model is not None else trained_net(),
-                                  claim=snnbridge.get_registry().claim_module)
-    acts = {}
-    hooks = [ann.module.get_submodule(f"snnsite_{n}").register_forward_hook(
-        lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in ann.sites]
-    ann.module(x)
-    for h in hooks:
-        h.remove()
-    spikes = {}
-    for site in snn.sites.values():
-        site.recorders.append(lambda s, d, r: spikes.setdefault(s.name, []).append(r.spikes))
-    snn.run(x, timesteps=T)
-    for site in snn.sites.values():
-        site.recorders.pop()
+    acts = ann_activations(model if model is not None else trained_net(), x)
+    with snn.record() as rec:
+        snn.run(x, timesteps=T)
     out = {}
     for name, site in snn.sites.items():
-        s = torch.cat(spikes[name], 0)[-T:]
+        s = rec[name].counted("spikes")
         th = site.spec.threshold
         w = s * (th if isinstance(th, float) else site.spec.threshold_tensor(s, 2))
         r, a = w.mean(0), acts[name]

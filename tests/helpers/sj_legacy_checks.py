@@ -1,6 +1,6 @@
 """Checks of the spikingjelly adapter under SpikingJelly 0.0.0.0.14 (run by test_spikingjelly_legacy.py).
 
-Runs in a subprocess whose PYTHONPATH puts the 0.0.0.0.14 install first (see _sj_legacy.py).
+Runs in a subprocess whose PYTHONPATH puts the 0.0.0.0.14 install first (see sj_legacy.py).
 Prints one line ``SJ_LEGACY_REPORT <json>``; the pytest side asserts on it. Every value is
 computed here through the public API against the torch reference backend.
 """
@@ -83,7 +83,7 @@ def random_report():
                      "spike_count": int(got.spikes.sum())}
     # single-step mode after functional.set_step_mode gives the same result
     from spikingjelly.activation_based import functional
-    factory = snnbridge.runtime.make_neuron_factory("spikingjelly")
+    factory = snnbridge.make_neuron_factory("spikingjelly")
     layer = factory(specs["channel_v0_full"])
     functional.set_step_mode(layer, "s")
     v = specs["channel_v0_full"].v0_tensor(x[0])
@@ -99,9 +99,8 @@ def random_report():
 def resnet_report():
     from spikingjelly.activation_based import functional, neuron
 
-    from conftest import SmallResNet, randomize_bn
-    torch.manual_seed(0)
-    model = randomize_bn(SmallResNet()).eval()
+    from helpers.zoo import small_resnet
+    model = small_resnet()
     g = torch.Generator().manual_seed(1)
     calib = [torch.rand(16, 3, 8, 8, generator=g) for _ in range(4)]
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -111,13 +110,9 @@ def resnet_report():
         runs = {}
         for backend in ("torch", "spikingjelly"):
             snn = snnbridge.convert(model, recipe, calibration=calib, backend=backend, timesteps=32, progress=False)
-            seen = {}
-            for site_name, site in snn.sites.items():
-                site.recorders.append(lambda s, drive, res, seen=seen: seen.setdefault(s.name, []).append(
-                    res.spikes.clone()))
-            with torch.no_grad():
+            with torch.no_grad(), snn.record() as rec:
                 y = snn(x)
-            runs[backend] = (snn, y, {k: torch.cat(v) for k, v in seen.items()})
+            runs[backend] = (snn, y, {name: rec[name].spikes for name in snn.sites})
         (_, y_ref, s_ref), (snn, y, s) = runs["torch"], runs["spikingjelly"]
         nodes = [m for m in snn.modules() if isinstance(m, neuron.BaseNode)]
         with torch.no_grad():
@@ -166,7 +161,7 @@ def error_report():
         out["cupy_stub_no_cuda"] = msg(lambda: simulate(spec, x, backend="spikingjelly",
                                                         backend_options={"kernel": "cupy"}))
         # functional.set_backend on a layer switches its genuine IFNodes to CuPy; CPU tensors are then refused
-        layer = snnbridge.runtime.make_neuron_factory("spikingjelly")(NeuronSpec(threshold=torch.tensor([1.0, 0.5])))
+        layer = snnbridge.make_neuron_factory("spikingjelly")(NeuronSpec(threshold=torch.tensor([1.0, 0.5])))
         functional.set_backend(layer, "cupy")
         out["set_backend_nodes"] = sorted({n.backend for n in layer.nodes})
         out["set_backend_cpu"] = msg(lambda: layer.simulate(torch.rand(4, 2, 2), torch.zeros(2, 2)))

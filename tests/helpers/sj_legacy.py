@@ -9,7 +9,7 @@ environment has; CuPy is imported inside a try block and is optional).
 
 Prepare it ahead of the tests (idempotent)::
 
-    .venv/bin/python tests/_sj_legacy.py
+    .venv/bin/python tests/helpers/sj_legacy.py
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 VERSION = "0.0.0.0.14"
 ENV_VAR = "SNNBRIDGE_SJ_LEGACY_DIR"
-TESTS = Path(__file__).resolve().parent
+HELPERS = Path(__file__).resolve().parent
+TESTS = HELPERS.parent
 REPO = TESTS.parent
 DEFAULT_DIR = REPO / ".cache" / "sj014"
 
@@ -74,8 +75,8 @@ def legacy_env() -> dict:
 
 
 def run_legacy_checks(timeout: int = 600) -> dict:
-    """Run tests/_sj_legacy_checks.py under SpikingJelly 0.0.0.0.14; return its JSON report."""
-    script = TESTS / "_sj_legacy_checks.py"
+    """Run tests/helpers/sj_legacy_checks.py under SpikingJelly 0.0.0.0.14; return its JSON report."""
+    script = HELPERS / "sj_legacy_checks.py"
     proc = subprocess.run([sys.executable, str(script)], env=legacy_env(), cwd=str(REPO), capture_output=True,
                           text=True, timeout=timeout)
     marker = "SJ_LEGACY_REPORT "

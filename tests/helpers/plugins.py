@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from snnbridge import NeuronSpec, Option, PluginInfo, hookimpl
+from snnbridge import Adjustment, Option, PluginInfo, SiteCorrection, hookimpl
 
 
 def fixed_threshold(name: str, values: dict[str, float] | float):
@@ -63,3 +63,12 @@ def module_plugin(name: str, **info) -> types.SimpleNamespace:
     obj = P()
     obj.name = name
     return obj
+
+
+class WarmupShift(SiteCorrection):
+    """A runtime correction for the save/load tests: a 2-step network warm-up, then v0 + 0.1."""
+
+    presim_steps, scope = 2, "network"
+
+    def adjust(self, site, record, v0):
+        return Adjustment(v0=v0 + 0.1)

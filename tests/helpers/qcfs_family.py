@@ -153,13 +153,7 @@ def reference_srp(prepared, x: torch.Tensor, T: int, tau: int, cos_rho: int | No
 
 
 def spike_counts(snn, x, T=None):
-    """Per-step weighted-spike outputs of every site of ``snn`` for input ``x`` (a recorder; public attributes)."""
-    got: dict[str, list] = {}
-    for site in snn.sites.values():
-        site.recorders[:] = [lambda s, d, r: got.setdefault(s.name, []).append(r.spikes)]
-    try:
+    """Per-step outputs of the last layer and the spikes ``[steps, B, ...]`` of every site of ``snn`` for ``x``."""
+    with snn.record() as rec:
         out = snn.run(x, T)
-    finally:
-        for site in snn.sites.values():
-            site.recorders.clear()
-    return out, {k: torch.cat(v, 0) for k, v in got.items()}
+    return out, {name: rec[name].spikes for name in snn.sites}

@@ -1,0 +1,241 @@
+"""Observers: small objects that record one statistic of a site's activations, as torch.ao's do.
+
+``observe(x)`` records a batch, ``compute()`` decides. A plugin passes an observer to
+:meth:`snnbridge.context.ConversionContext.collect`, which runs the calibration batches
+through the reference ANN once, feeds a fresh copy of the observer at every site, and caches
+the results by the observer's :meth:`~Observer.key`, so plugins asking for the same
+statistic share one pass::
+
+    maxima = ctx.collect(MaxObserver(channel_axis=1))            # {site: [C]}
+    p999 = ctx.collect(PercentileObserver(99.9))                   # {site: 0-d tensor}
+
+``channel_axis``: ``None`` for one statistic per site (a 0-d result), or the channel
+dimension of the activation (``1`` for ``[B, C, ...]``; the features of a ``Linear``) for
+one per channel (``[C]``). Subclass :class:`Observer` (or :class:`EMAObserver` for an
+exponential moving average of a per-batch statistic) for new statistics; ``key`` must name
+everything that changes the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from . import channels
+
+
+class Observer:
+    """Base class: one statistic of one site's activations over the calibration batches.
+
+    ``generator``: the random generator of stochastic observers; ``ctx.collect`` gives every
+    observer of one pass the same generator, seeded by ``convert(seed=...)``.
+    """
+
+    def __init__(self, channel_axis: int | None = None):
+        if channel_axis is not None and (isinstance(channel_axis, bool) or not isinstance(channel_axis, int)
+                                         or channel_axis < 1):
+            raise ValueError(f"channel_axis must be None or a dimension >= 1 (0 is the batch), got {channel_axis!r}")
+        self.channel_axis = channel_axis
+        self.generator: torch.Generator | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything observed."""
+
+    def fresh(self) -> "Observer":
+        """An empty copy with the same settings (one per site)."""
+        new = copy.copy(self)
+        new.reset()
+        return new
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch as float ``[C, N]`` rows (``[1, N]`` when layer-wise)."""
+        return channels.rows(x.detach().float(), self.channel_axis)
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Record one batch of the site's activations (``[B, C, ...]``)."""
+        raise NotImplementedError
+
+    def compute(self) -> torch.Tensor:
+        """The statistic: ``[C]`` per channel, a 0-d tensor layer-wise (see subclasses)."""
+        raise NotImplementedError
+
+    def key(self) -> tuple:
+        """Everything that determines the result (for caching across plugins)."""
+        return (type(self).__module__, type(self).__qualname__, self.channel_axis)
+
+    @property
+    def label(self) -> str:
+        """A short name for progress bars: the class name without "Observer", lower case."""
+        return type(self).__name__.removesuffix("Observer").lower() or "statistic"
+
+    def _per_site(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.channel_axis is not None else value[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self.key()[2:]}"
+
+
+class MaxObserver(Observer):
+    """The true maximum over every calibration activation (never a running average)."""
+
+    def reset(self):
+        self.value = None
+
+    def observe(self, x):
+        m = self.rows(x).amax(dim=1)
+        self.value = m if self.value is None else torch.maximum(self.value, m)
+
+    def compute(self):
+        return self._per_site(self.value)
+
+
+class MeanObserver(Observer):
+    """The mean activation (accumulated in float64).
+
+    ``per_position=True`` averages over the batch only and keeps the activation shape
+    (``[C, ...]``); ``channel_axis`` is then ignored.
+    """
+
+    def __init__(self, channel_axis: int | None = None, per_position: bool = False):
+        self.per_position = bool(per_position)
+        super().__init__(channel_axis)
+
+    def reset(self):
+        self.total, self.count = None, 0
+
+    def observe(self, x):
+        if self.per_position:
+            s, c = x.detach().double().sum(0), x.shape[0]
+        else:
+            v = self.rows(x)
+            s, c = v.sum(dim=1, dtype=torch.float64), v.shape[1]
+        self.total = s if self.total is None else self.total + s
+        self.count += c
+
+    def compute(self):
+        m = (self.total / self.count).float()
+        return m if self.per_position else self._per_site(m)
+
+    def key(self):
+        return super().key() + (self.per_position,)
+
+
+class EMAObserver(Observer):
+    """Exponential moving average of a per-batch statistic: ``ema <- (1 - momentum) ema + momentum s``.
+
+    ``momentum`` is the weight of the newest batch (PyTorch's convention, as in BatchNorm and
+    SpikingJelly's ``VoltageHook``: 0.1 keeps 90 % of the history); the first batch
+    initializes. Subclasses implement :meth:`batch_statistic`.
+    """
+
+    def __init__(self, momentum: float = 0.1, channel_axis: int | None = None):
+        if not (0 < float(momentum) <= 1):
+            raise ValueError(f"momentum must satisfy 0 < momentum <= 1, got {momentum!r}")
+        self.momentum = float(momentum)
+        super().__init__(channel_axis)
+
+    def reset(self):
+        self.value = None
+
+    def batch_statistic(self, rows: torch.Tensor) -> torch.Tensor:
+        """The statistic of one batch, ``[C, N] -> [C]``."""
+        raise NotImplementedError
+
+    def observe(self, x):
+        s = self.batch_statistic(self.rows(x))
+        self.value = s if self.value is None else (1 - self.momentum) * self.value + self.momentum * s
+
+    def compute(self):
+        return self._per_site(self.value)
+
+    def key(self):
+        return super().key() + (self.momentum,)
+
+
+class EMAMaxObserver(EMAObserver):
+    """EMA of per-batch maxima (SpikingJelly's ``VoltageHook``, mode "Max")."""
+
+    def batch_statistic(self, rows):
+        return rows.amax(dim=1)
+
+
+class ReservoirObserver(Observer):
+    """A uniform random sample of at most ``max_samples`` activation values (per channel when channel-wise).
+
+    Every value gets a uniform random key; the values with the smallest keys are kept. With
+    fewer than ``max_samples`` values all of them are kept, so statistics computed from the
+    sample are then exact. ``compute`` returns the sample, ``[C, n]`` or ``[n]``.
+    """
+
+    def __init__(self, max_samples: int = 1 << 20, channel_axis: int | None = None):
+        if int(max_samples) < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples!r}")
+        self.max_samples = int(max_samples)
+        super().__init__(channel_axis)
+
+    def reset(self):
+        self.values, self.keys = None, None
+
+    def observe(self, x):
+        v = self.rows(x)
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(0)
+        keys = torch.rand(v.shape, generator=self.generator).to(v.device)
+        if self.values is not None:
+            v, keys = torch.cat([self.values, v], 1), torch.cat([self.keys, keys], 1)
+        if v.shape[1] > self.max_samples:
+            keys, idx = torch.topk(keys, self.max_samples, dim=1, largest=False)
+            v = torch.gather(v, 1, idx)
+        self.values, self.keys = v, keys
+
+    def compute(self):
+        return self._per_site(self.values)
+
+    def key(self):
+        return super().key() + (self.max_samples,)
+
+
+class PercentileObserver(ReservoirObserver):
+    """The ``percentile``-th percentile (0..100, linear interpolation) of a :class:`ReservoirObserver` sample.
+
+    ``nonzero=True`` takes it over positive values only. A site or channel without any value
+    gets 0 (the threshold plugins replace it).
+    """
+
+    def __init__(self, percentile: float = 99.9, channel_axis: int | None = None, max_samples: int = 1 << 20,
+                 nonzero: bool = False):
+        if not (0 < float(percentile) <= 100) or not math.isfinite(float(percentile)):
+            raise ValueError(f"percentile must satisfy 0 < percentile <= 100, got {percentile!r}")
+        self.percentile, self.nonzero = float(percentile), bool(nonzero)
+        super().__init__(max_samples, channel_axis)
+
+    def compute(self):
+        out = []
+        for row in self.values:
+            if self.nonzero:
+                row = row[row > 0]
+            out.append(percentile(row, self.percentile) if row.numel() else torch.tensor(0.0))
+        return self._per_site(torch.stack(out))
+
+    def key(self):
+        return super().key() + (self.percentile, self.nonzero)
+
+
+def percentile(values: torch.Tensor, p: float) -> torch.Tensor:
+    """The ``p``-th percentile (0..100) of a 1-D tensor, with linear interpolation.
+
+    Same convention as ``numpy.percentile(method="linear")``. Built on ``torch.kthvalue``
+    (two order statistics, linear time) rather than ``torch.quantile``, which refuses inputs
+    of more than 16 million elements.
+    """
+    n = values.numel()
+    pos = (p / 100.0) * (n - 1)
+    lo = int(pos // 1)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    v_lo = torch.kthvalue(values, lo + 1).values.double()
+    v_hi = v_lo if hi == lo else torch.kthvalue(values, hi + 1).values.double()
+    return (v_lo + (v_hi - v_lo) * frac).float()

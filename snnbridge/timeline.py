@@ -1,0 +1,46 @@
+"""The time layout shared by the modules of one converted model during a run.
+
+A run of ``warmup + T`` steps is processed in chunks of ``n`` steps; stateless layers see
+each chunk as one merged ``[n*B, ...]`` tensor. :class:`RunState` tells every module of the
+model where the current chunk lies; :class:`TimeExpand` broadcasts a static ``[B, ...]``
+value (the part of the network before the first neurons runs once) to the merged layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RunState:
+    """Where the current chunk lies: ``n`` steps from absolute step ``t0`` of a batch of ``batch``.
+
+    ``warmup``: the uncounted network pre-simulation steps of this run; ``recordings``: the
+    active :class:`~snnbridge.recording.Recording` objects (never pickled).
+    """
+
+    def __init__(self):
+        self.n = 1
+        self.t0 = 0
+        self.batch = 0
+        self.warmup = 0
+        self.recordings: list = []
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["recordings"] = []
+        return state
+
+
+class TimeExpand(nn.Module):
+    """Broadcast a static ``[B, ...]`` tensor to the merged ``[n*B, ...]`` layout of the current chunk."""
+
+    def __init__(self, state: RunState):
+        super().__init__()
+        self._state = state
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return x
+        n = self._state.n
+        return x.unsqueeze(0).expand(n, *x.shape).reshape(n * x.shape[0], *x.shape[1:])

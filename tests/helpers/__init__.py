@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (models, data, reference simulators, plugin objects); importable as ``helpers.*``."""
