@@ -115,21 +115,18 @@ def get_model(args, train_set):
 # -- evaluation -------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def ann_acc(model, test, bs):
+def batches(test, bs):
     x, y = test
-    return sum(int((model(cdata.normalize(x[i:i + bs])).argmax(1) == y[i:i + bs]).sum())
-               for i in range(0, len(x), bs)) / len(x)
-
-
-@torch.no_grad()
-def sweep_curve(snn, test, T, bs):
-    x, y = test
-    correct = torch.zeros(T)
     for i in range(0, len(x), bs):
-        out = snn.sweep(cdata.normalize(x[i:i + bs]), timesteps=T)
-        correct += (out.argmax(-1) == y[i:i + bs].view(1, -1)).sum(1)
-    return (correct / len(x)).tolist()
+        yield cdata.normalize(x[i:i + bs]), y[i:i + bs]
+
+
+def ann_acc(model, test, bs):
+    return snnbridge.ann_accuracy(model, batches(test, bs))
+
+
+def sweep_curve(snn, test, T, bs):
+    return snnbridge.accuracy_curve(snn, batches(test, bs), [T], progress=False)["curve"]
 
 
 @torch.no_grad()

@@ -156,20 +156,17 @@ def network(name, args, train_set):
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def ann_accuracy(model, x_u8, y, batch) -> float:
-    correct = sum(int((model(cdata.normalize(x_u8[i:i + batch])).argmax(1) == y[i:i + batch]).sum())
-                  for i in range(0, len(x_u8), batch))
-    return correct / len(x_u8)
-
-
-@torch.no_grad()
-def sweep_accuracy(snn, x_u8, y, t_max, batch) -> list[float]:
-    correct = torch.zeros(t_max, dtype=torch.long)
+def batches(x_u8, y, batch):
     for i in range(0, len(x_u8), batch):
-        curve = snn.sweep(cdata.normalize(x_u8[i:i + batch]), timesteps=t_max)
-        correct += (curve.argmax(-1) == y[i:i + batch].view(1, -1)).sum(1)
-    return (correct.double() / len(x_u8)).tolist()
+        yield cdata.normalize(x_u8[i:i + batch]), y[i:i + batch]
+
+
+def ann_accuracy(model, x_u8, y, batch) -> float:
+    return snnbridge.ann_accuracy(model, batches(x_u8, y, batch))
+
+
+def sweep_accuracy(snn, x_u8, y, t_max, batch) -> list[float]:
+    return snnbridge.accuracy_curve(snn, batches(x_u8, y, batch), [t_max], progress=False)["curve"]
 
 
 def evaluate(name, model, x_test, y_test, calib, args, timesteps) -> dict:

@@ -21,7 +21,7 @@ from .diagnose import layer_report
 from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError, OptionError,
                      PluginConflictError, PluginError, PluginLoadError, RecipeParseError, SnnbridgeError,
                      UnknownPluginError, UnsupportedModelError)
-from .evaluate import accuracy_curve
+from .evaluate import accuracy_curve, ann_accuracy
 from .factory import NeuronFactory, make_neuron_factory
 from .feeding import Feed
 from .graph import ConversionGraph, trace_for_conversion
@@ -51,7 +51,7 @@ PreparedGraph = ConversionGraph
 __all__ = [
     # conversion and running
     "convert", "prepare", "simulate", "trace_for_conversion", "ConversionGraph", "SpikingModel", "SpikingSite",
-    "save", "load", "accuracy_curve", "layer_report", "plot_accuracy", "plot_layer_report",
+    "save", "load", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy", "plot_layer_report",
     # recipes and plugins
     "build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig", "DataConfig",
     "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option", "PluginLoadWarning",

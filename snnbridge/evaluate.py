@@ -89,6 +89,20 @@ def accuracy_curve(snn, data: Iterable, timesteps: Sequence[int] | None = None, 
             "seconds": round(time.perf_counter() - started, 3)}
 
 
+@torch.no_grad()
+def ann_accuracy(model: torch.nn.Module, data: Iterable, *, device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy of an ANN on ``(images, labels)`` batches (the yardstick next to an accuracy curve)."""
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    correct, seen = 0, 0
+    for x, y in _pairs(data):
+        correct += int((model(x.to(device)).argmax(-1).cpu() == y.cpu()).sum())
+        seen += int(y.shape[0])
+    if seen == 0:
+        raise InputError("the evaluation data yielded no samples; pass a non-empty DataLoader.")
+    return correct / seen
+
+
 def default_timesteps(T: int) -> list[int]:
     """Powers of two up to ``T``, and ``T`` itself."""
     out, t = [], 1

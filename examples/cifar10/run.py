@@ -21,7 +21,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``examples.cifar10`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -222,26 +221,16 @@ def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
     return history
 
 
-@torch.no_grad()
-def ann_accuracy(model, x_u8, y, batch: int, device) -> float:
-    model.eval()
-    correct = 0
+def test_batches(x_u8, y, batch: int, device):
+    """Normalised ``(images, labels)`` test batches."""
     for i in range(0, len(x_u8), batch):
-        correct += int((model(cdata.normalize(x_u8[i:i + batch]).to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
-    return correct / len(x_u8)
+        yield cdata.normalize(x_u8[i:i + batch]).to(device), y[i:i + batch]
 
 
-@torch.no_grad()
-def snn_curve(snn, x_u8, y, t_max: int, batch: int, device, progress: bool, desc: str) -> list[float]:
-    """Accuracy after each of 1..t_max steps, from one ``sweep`` per test batch."""
-    correct = torch.zeros(t_max, dtype=torch.long)
-    bar = tqdm(total=len(x_u8), desc=desc, unit="img", disable=not progress, leave=False)
-    for i in range(0, len(x_u8), batch):
-        curve = snn.sweep(cdata.normalize(x_u8[i:i + batch]).to(device), timesteps=t_max)  # [T, B, classes]
-        correct += (curve.argmax(-1).cpu() == y[i:i + batch].view(1, -1)).sum(1)
-        bar.update(min(batch, len(x_u8) - i))
-    bar.close()
-    return (correct.double() / len(x_u8)).tolist()
+def snn_curve(snn, x_u8, y, t_max: int, batch: int, device, progress: bool) -> list[float]:
+    """Accuracy after each of 1..t_max steps, from one ``sweep`` per test batch (``snnbridge.accuracy_curve``)."""
+    return snnbridge.accuracy_curve(snn, test_batches(x_u8, y, batch, device), [t_max], device=device,
+                                    progress=progress)["curve"]
 
 
 # -- output ----------------------------------------------------------------------------------------------
@@ -268,46 +257,18 @@ def backend_gaps(results: dict) -> dict[str, float]:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy vs T: one colour per recipe, one line style per backend (``snnbridge.plot_accuracy``)."""
     ts = results["config"]["timesteps"]
     recipes = list(dict.fromkeys(r["recipe"] for r in results["runs"]))
     backends = list(dict.fromkeys(r["backend"] for r in results["runs"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in results["runs"]:
-        ri, bi = recipes.index(run["recipe"]), backends.index(run["backend"])
-        curve = run["curve"]
-        xs = list(range(1, len(curve) + 1))
-        ax.plot(xs, [100 * a for a in curve], color=colors[ri % len(colors)], linestyle=styles[bi % len(styles)],
-                marker=markers[bi % len(markers)], markevery=[t - 1 for t in ts if t <= len(curve)], markersize=5,
-                linewidth=1.4, alpha=0.9, label=f"{run['recipe']} / {run['backend']}")
+    curves = [{"label": f"{run['recipe']} / {run['backend']}", "timesteps": list(range(1, len(run["curve"]) + 1)),
+               "accuracy": run["curve"], "marks": ts, "group": recipes.index(run["recipe"]),
+               "variant": backends.index(run["backend"])} for run in results["runs"]]
     spreads = [f"{r}: {100 * g:.1f}" for r, g in backend_gaps(results).items()]
-    if spreads:  # the backends' curves of one recipe often overlap exactly: say so
-        ax.text(0.02, 0.97, "largest gap between backends, points: " + "; ".join(spreads), transform=ax.transAxes,
-                fontsize=8, va="top", color="0.3")
-    ann = 100 * results["ann"]["test_accuracy"]
-    ax.axhline(ann, color="black", linestyle="--", linewidth=1.2, label=f"ANN ({ann:.1f}%)")
-    ax.set_xscale("log", base=2)
-    ticks = sorted(set(ts) | {2 ** k for k in range(int(math.log2(max(ts))) + 1)})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlim(1, max(ts))
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("time steps T")
-    ax.set_ylabel("test accuracy (%)")
-    n = results["data"]["test_samples"]
-    ax.set_title(f"CIFAR-10: SNN accuracy vs T ({n} test images)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    note = ("largest gap between backends, points: " + "; ".join(spreads)) if spreads else None
+    snnbridge.plot_accuracy(curves, path, ann_accuracy=results["ann"]["test_accuracy"], xlabel="time steps T",
+                            title=f"CIFAR-10: SNN accuracy vs T ({results['data']['test_samples']} test images)",
+                            note=note)
 
 
 def versions() -> dict:
@@ -437,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  saved {ckpt}", flush=True)
     model.eval()
     clock.start("ann_eval")
-    ann_acc = ann_accuracy(model, x_test, y_test, args.eval_batch_size, device)
+    ann_acc = snnbridge.ann_accuracy(model, test_batches(x_test, y_test, args.eval_batch_size, device))
     clock.stop()
     print(f"  ANN test accuracy: {100 * ann_acc:.2f}% ({len(x_test)} images)", flush=True)
 
@@ -455,8 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
             conv_s, conv_cpu = clock.stop(), time.process_time() - cpu0
             clock.start("sweep")
             cpu0 = time.process_time()
-            curve = snn_curve(snn, x_test, y_test, t_max, args.eval_batch_size, device, progress,
-                              f"{label}/{backend}")
+            curve = snn_curve(snn, x_test, y_test, t_max, args.eval_batch_size, device, progress)
             eval_s, eval_cpu = clock.stop(), time.process_time() - cpu0
             acc = {str(t): curve[t - 1] for t in timesteps}
             runs.append({"recipe": label, "recipe_spec": spec, "backend": backend, "timesteps": t_max,
