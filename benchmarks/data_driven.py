@@ -14,7 +14,7 @@ Accuracy at T = 4, 8, 16, 32, 64 (seeded random test subset) and conversion wall
 T-agnostic methods (maxnorm, robustnorm, ltb and the SpikingJelly models) are converted once
 and read out at every T from one run (``snn.sweep``; ltb's delayed evaluation is applied per
 prefix T). T-specific methods (calibration, ftbc) are converted *once per T* and run for that T,
-as METHODS.md 0.4-e requires. Only the public APIs of snnbridge, of the example
+as data-driven corrections are T-specific. Only the public APIs of snnbridge, of the example
 (``examples/cifar10/data.py``, ``model.py``) and of SpikingJelly are used. The network is the
 example's CNN, trained here for ``--epochs`` epochs (or loaded from ``--checkpoint``). Methods are
 computed once and backend-independent (the tests check identical spikes on every backend), so the

@@ -1,72 +1,30 @@
-"""SNN Calibration (Li et al., ICML 2021; extended with BN handling in arXiv:2205.10121 / IJCV 2024).
+"""SNN Calibration (Li et al., ICML 2021; arXiv:2205.10121 / IJCV 2024). Code: github.com/yhhhli/SNN_Calibration.
 
 Post-training calibration of a converted SNN against the *untouched* reference ANN
-(``ctx.ann``; METHODS.md 1 and 0.4-b): every correction edits only the SNN copy (its
-neuron specs and the parameters of ``snn.graph_module``), never the ANN it is compared with.
+(``ctx.ann``): corrections edit only the SNN copy. T-specific.
 
-Stages (METHODS.md 1.1)
------------------------
-1. **Threshold by clipping-error search** (only when no other recipe plugin estimates
-   thresholds: ``fallback`` provider of ``threshold``). For each site over the first
-   ``threshold_batches`` calibration batches: with ``M`` the batch maximum, try
-   ``theta_i = M (1 - grid_step * i)`` for ``i < grid`` and keep the one with the smallest mean
-   squared error between the activations ``A`` and their SNN model
-   ``Q_T(A; theta) = theta/T * floor(clip(A T / theta, 0, T))`` (strict ``<``: ties keep the larger
-   theta); batches are merged by an exponential moving average ``theta <- m theta + (1 - m)
-   theta_batch`` (``momentum`` m = 0.9, first batch initialises). ``search: max`` uses the EMA
-   of batch maxima instead (the official "none" baseline), ``channelwise`` one search per channel.
-2. **Neuron**: IF, reset by subtraction, v(0) = 0, and ``+theta/(2T)`` added to the input
-   every step (``step_shift``; the official code's ``enable_shift``).
-3. **Corrections**, site by site in topological order, each site measured after its
-   predecessors were corrected (so upstream corrections are part of what it sees):
+1. **Threshold by clipping-error search** (fallback ``threshold``: only when no other
+   plugin estimates thresholds). Per batch (``threshold_batches``), with ``M`` the batch
+   maximum, ``theta = argmin_i mean (A - Q_T(A; M (1 - grid_step i)))^2`` over ``i < grid`` with
+   ``Q_T(a; theta) = theta/T floor(clip(a T/theta, 0, T))`` (strict ``<``: ties keep the larger
+   theta); an EMA merges the batches (``momentum``, the weight of the newest batch).
+   ``search: max`` is the official "none" baseline (EMA of batch maxima).
+2. **Neuron**: reset by subtraction, ``v0 = 0``, ``+theta/(2T)`` added every step
+   (fallback ``step_shift``: off when the recipe has a ``v0_base`` such as LTB's theta/2).
+3. **Corrections**, site by site in network order (each sees its corrected predecessors),
+   with ``r = theta sum_t s(t) / T`` the SNN rate and ``a`` the ANN activation on the same images:
+   BC ``bias_c -= mean_{batch,positions}(r - a)``; PC ``v0 += T mean_batch(a - r)`` per position;
+   WC fits the feeding layer's weight (Adam, cosine LR, ``wc_*`` options) to
+   ``sum_c (Q(W x + b) - a)^2`` on time-averaged inputs. Presets: ``light`` = BC, ``advanced``
+   = WC + PC, ``none``; ``steps`` picks any of ``bc``, ``pc``, ``wc``.
 
-   * **BC** (bias calibration, the *light* pipeline): ``e_c = mean over batch and positions of
-     (r - a)`` with ``r = theta * sum_t s(t) / T`` the SNN rate and ``a`` the ANN activation of the
-     same site on the same images; ``bias_c -= e_c`` in the layer feeding the site.
-   * **PC** (potential calibration): ``v0 += T * mean over batch of (a - r)`` per position
-     (a ``[C, ...]`` initial potential, shared by all samples; depends on the input resolution).
-   * **WC** (weight calibration): with ``x`` the time-averaged input of the layer feeding the
-     site (1024 images), fit only its weight with Adam (cosine-annealed learning rate, batches of
-     32, 5000 iterations) to ``sum_c (Q(W x + b [+ shortcut]) - a)^2`` averaged over batch and
-     positions, ``Q`` the straight-through floor quantizer of stage 1.
-
-   Presets: ``light`` = BC; ``advanced`` = WC then PC; ``none`` = stages 1-2 only;
-   ``steps: [...]`` picks any of ``bc``, ``pc``, ``wc`` (e.g. ``[pc]``, the official CIFAR
-   "advanced" run). WC runs over all sites first, then BC/PC (as the official pipeline).
-
-Where this follows the paper and where the official code differs (METHODS.md 1.2, 1.7)
--------------------------------------------------------------------------------------
-* **T is specific.** Corrections hold for the T they were computed for (``timesteps`` option,
-  default the conversion's T). The official scripts ignore ``--T`` and always calibrate at
-  T = 32 (their README labels the numbers T = 16). Running the SNN for another T warns
-  (``on_mismatch: warn``; ``error`` raises, ``ignore`` is silent) and the report says so.
-* **Floor vs round** (trap 1): the official search and WC model the SNN as a *floor*
-  quantizer although its neuron adds ``theta/(2T)`` per step (a *round* quantizer at t = T).
-  ``search_quantizer: floor`` (default) reproduces the code; ``round`` matches the neuron.
-  The option applies to the search and to WC's loss.
-* **Light vs advanced**: light = BC as in the code and the paper; advanced = WC + PC as in
-  the paper and the official ImageNet script; the official CIFAR script runs PC only
-  (WC commented out): ``steps: [pc]``.
-* **BC realization**: like the official code, into the bias of the Conv/Linear feeding the
-  site (created if absent) when the path to the site only holds pooling (a per-channel
-  constant passes unchanged) or a residual add; otherwise (e.g. a BatchNorm kept after an
-  add) as an equivalent per-step, per-channel bias of the neurons (``NeuronSpec.step_bias``,
-  T rows) and the report notes it.
-* **One pass** of BC/PC, as the code (trap 7: the rate shifts by exactly -e only when the
-  neuron is neither silent nor saturated); ``passes`` repeats it.
-* **Data**: the official code uses one *augmented* training batch for BC/PC (trap 4); here
-  the first ``samples`` calibration images, as the user's loader gives them.
-* **WC**: the ImageNet script's learning rate 1e-5 (the function default is 4e-5; residual
-  blocks use batches of 8 and 256 images there); one setting for every site here. The
-  time-average of the input is taken in the SNN copy; across a pre-neuron max-pool (which
-  the official models do not have) WC's linear model of the drive is approximate.
-* **Per-step shift vs v(0) = theta/2** (METHODS.md 0.4-c, stacking notes): the shift is a
-  *fallback* ``step_shift``: it is added only when no other recipe plugin writes the base
-  initial potential (``v0_base``, e.g. LTB's theta/2) or its own shift; ``shift: on``
-  together with such a plugin is refused before any work. PC is additive on top of the base
-  v(0), so calibration must come after the ``v0_base``/``step_shift``/``threshold`` writers.
-* Firing on ``>=`` and reset by subtraction as the official neuron; BN is folded by the core
-  (the 2022 extension's BN handling); max-pool is not supported by the official code.
+Where the official code differs: it calibrates at T = 32 whatever ``--T`` says; it runs PC
+only for CIFAR "advanced" (``steps: [pc]`` here); its search and WC model a *floor* quantizer
+although the neuron rounds (``search_quantizer: floor`` reproduces it, ``round`` matches the
+neuron); BC/PC use one augmented training batch (here ``samples`` calibration images). BC is
+written into the feeding layer's bias like the official code, or, where no layer's bias
+reaches the site unchanged, into a per-step neuron bias (the report says so). More in
+docs/methods.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,23 @@
-"""Clip-and-shift: threshold ReLU for training, threshold balancing and a half-step input shift.
-
-Deng & Gu, *Optimal Conversion of Conventional Artificial Neural Networks to Spiking Neural
-Networks*, ICLR 2021 (later called "RTS"; METHODS.md section 3).
+"""Clip-and-shift (Deng & Gu, ICLR 2021; later called "RTS"). Code: github.com/Jackn0/snn_optimal_conversion_pipeline.
 
 Training (``snnbridge.prepare(model, ["clipshift"])``): every activation site becomes a
-:class:`ThresholdReLU` ``h(z) = clip(z, 0, y_th)`` with one global ``y_th`` (option ``y_th``,
-default 1.0 = the official CIFAR-10 value); its gradient is 1 on the *closed* interval
-``[0, y_th]`` and 0 outside (golden fact G15). ``train_shift_T`` reproduces the official
-optional ANN-side shift ``h(z - y_th / (2 T_ref))`` (off by default, as in the official code).
+:class:`ThresholdReLU` ``h(z) = clip(z, 0, y_th)`` with one global ``y_th`` (default 1.0, the
+official CIFAR-10 value; 2 for CIFAR-100, 3 for ImageNet), gradient 1 on the *closed*
+interval ``[0, y_th]``. ``train_shift_T`` reproduces the optional ANN-side shift
+``h(z - y_th/(2 T_ref))`` (off by default, as in the official code).
 
-Conversion (``snnbridge.convert(model, ["clipshift"], calibration=...)``):
+Conversion (``["clipshift"]``): ``threshold_source: max`` (default, official) sets each site's
+threshold to the largest clipped activation on the calibration data; ``y_th`` uses the clip
+bound and needs no data. Any site with an upper bound converts (also ``Hardtanh(0, m)``,
+``ReLU6``, ``clamp(x, 0, m)``); a plain ReLU site is refused. Every step adds
+``theta / (2 T_ref)`` to the input (``v0 = 0``), turning the SNN's floor into rounding by step
+``T_ref`` = ``shift_T`` or the conversion's T (the official code always uses 32). This
+per-step shift is not ``v0 = theta/2`` (same total charge at step T, fewer early spikes), so the
+plugin provides ``step_shift`` and ``opi`` refuses to stack with it.
 
-* threshold: ``threshold_source="max"`` (default, as the official code does) sets each
-  site's threshold to the largest activation *after* the clip observed on the calibration
-  data (<= y_th; one value per layer); ``"y_th"`` uses the clip bound itself and needs no
-  data. Any site with a known upper bound converts (the plugin's ThresholdReLU, and also
-  ``nn.Hardtanh(0, m)``/``ReLU6``/``clamp(x, 0, m)`` sites, which are threshold ReLUs already);
-  a plain unbounded ReLU site is refused: the method assumes an ANN trained with the clip.
-* per-step shift: every step adds ``theta / (2 T_ref)`` to the input current
-  (``NeuronSpec.step_bias``), ``v0 = 0``: over T steps this turns the SNN's floor into
-  rounding. ``T_ref`` is the conversion's ``timesteps`` unless ``shift_T`` fixes it (the
-  official code always uses 32, whatever T is evaluated). Because the bias belongs to the
-  conversion's T, ``snn.sweep`` over a longer run shows the official "reference T"
-  behaviour; convert once per T for the "T_ref = T" behaviour.
-
-The per-step shift is *not* the same as ``v0 = theta/2`` (same total charge at step T,
-fewer early spikes: METHODS.md 0.4-c, G5), so this plugin provides ``step_shift`` and
-``opi`` (which writes ``v0``) refuses to be stacked with it. It also provides
-``activation`` and ``threshold`` (one training activation, one threshold source per recipe).
-
-Differences to the official pipeline: the last layer stays analog (the official code puts
-spiking neurons with threshold = max logit on the output layer too); thresholds are taken
-over the calibration batches given, not a full pass over the training set.
+Where the official code differs: its output layer spikes too (threshold = the largest
+logit); here it stays analog. Its maxima come from a full pass over the training set; here
+from the calibration batches given.
 """
 
 from __future__ import annotations

@@ -1,47 +1,27 @@
-"""COS: calibrating offset spikes (Hao et al., ICLR 2023; METHODS.md section 7).
+"""COS: calibrating offset spikes (Hao et al., ICLR 2023). Code: github.com/hzc1208/ANN2SNN_COS.
 
-A per-input correction of a QCFS-converted SNN, decided at inference time from a short
-pre-simulation; no data, no training. For every neuron of every site and every sample:
+A per-input correction of a QCFS-converted SNN (``requires quantized_ann``), decided at
+inference from a short pre-simulation; no data. Per sample, neuron and site, in units of
+theta, after pre-simulating the first ``rho`` steps of the site's own input from the base
+``v0`` (theta/2):
 
-1. pre-simulate the first ``rho`` steps (default 4) of the site's input from the base
-   ``v0`` (``theta/2`` with ``qcfs``) and record the spike count ``n``, the potential
-   ``v(rho)``, the pre-reset potentials ``m(t)`` of the spiking steps and the potentials
-   ``v(t)`` of the silent steps;
-2. over-firing (``v(rho) < 0`` and ``n >= 1``): ``shift = m_min - 0.999 theta`` if that
-   exceeds ``theta``, else ``theta``; ``v0 <- v0 - shift`` (one spike fewer);
-3. else under-firing (``v(rho) >= theta``): ``shift = 1.001 theta - v_max`` if that exceeds
-   ``theta``, else ``theta``; ``v0 <- v0 + shift`` (one spike more). A neuron that fired at
-   *every* pre-simulation step has no silent step: the official code then shifts by
-   ~1001 theta (it keeps firing at every step); this plugin clamps the shift to ``theta``
-   (METHODS.md 7.6, trap 4), the offset-spike distance of the method;
-4. otherwise ``v0`` is unchanged;
-5. ``rounds > 1`` repeats 1-4 on the same inputs from the new ``v0`` (the paper's
-   iterative property: each round can remove or add one more offset spike; the official
-   code runs one round, the default here). From the second round on, the residual test
-   reads ``v(rho) - delta`` with ``delta = v0 - v0_base`` (the shift applied so far): since
-   ``v(rho) = v0 + sum(x) - theta n``, the offset spike is 0 exactly when the residual
-   *relative to the shifted start* lies in ``[0, theta)``; in round 1 ``delta = 0`` and this
-   is the official test (golden fact G6: a second round moves ``(0.9, 0.9, -0.8, -0.8)``
-   on to ``v0 = -1.5``, while a neuron that reached its target stays put);
-6. the counted run starts again at step 1 from the calibrated ``v0``.
+* over-firing (``v(rho) < 0`` and ``n >= 1``): ``v0 -= max(m_min - 0.999, 1)`` with ``m_min``
+  the smallest pre-reset potential of a spiking step (one spike fewer);
+* under-firing (``v(rho) >= 1``): ``v0 += max(1.001 - v_max, 1)`` with ``v_max`` the largest
+  potential of a silent step (one spike more);
+* otherwise unchanged; then the counted run restarts at step 1 from the new ``v0``.
 
-This is the official code's rule (``MPLayer`` in hzc1208/ANN2SNN_COS), in units of the
-threshold. It is attached as a :class:`~snnbridge.runtime.SiteCorrection` with
-``scope = "layer"``: each site pre-simulates the first ``rho`` steps of its *own* counted
-input sequence (which already comes from the calibrated upstream sites), then reruns from
-the start - identical to the official layer-by-layer evaluation. Latency accounting: the
-model simulates ``rho + T`` steps per input (``snn.steps_run``); ``T >= rho`` is needed for
-``snn(x, timesteps=T)``, and shorter T are read from ``snn.sweep`` of a longer run, exactly
-as the official code reports T = 1, 2.
+``rounds > 1`` repeats the test from the shifted start (the paper's iterative property; from
+round 2 the residual is read relative to the shift already applied). Attached as a
+layer-scoped :class:`snnbridge.SiteCorrection`: each site looks ahead on its own counted
+input, which already comes from calibrated upstream sites - identical to the official
+layer-by-layer evaluation. The model simulates ``rho + T`` steps (``snn.steps_run``);
+``T < rho`` is read from ``snn.sweep`` of a longer run, as the official code reports it.
 
-Stacked with ``srp`` (``["qcfs", "cos", "srp"]``): any network-scoped correction makes the
-runtime run one shared, uncounted network warm-up; COS then decides its shift from that
-warm-up's record at each site (all sites pre-simulated together from the base ``v0``,
-upstream *un*calibrated), and the T counted steps start from the shifted ``v0`` with SRP's
-masks applied. See README.md, "Stacking COS and SRP".
-
-Requires ``quantized_ann`` (a QCFS network, ``qcfs`` earlier in the recipe): the residual
-potential test reads an offset spike only against the QCFS target with ``v0 = theta/2``.
+Where the official code differs: a neuron that fired at every pre-simulation step has no
+silent step and is shifted by ~1001 theta there; here the shift is clamped to theta. The
+official code runs one round. Stacked with ``srp``, COS decides from the shared network
+warm-up (README, "Stacking COS and SRP").
 """
 
 from __future__ import annotations

@@ -1,44 +1,26 @@
-"""FTBC - Forward Temporal Bias Correction (Wu, Bojkovic, Gu, Suo, Zou; ECCV 2024).
+"""FTBC: forward temporal bias correction (Wu et al., ECCV 2024). Code: github.com/shizukanaskytree/FTBC.
 
-A per-site, per-step, per-channel bias ``b[t, c]`` subtracted from the membrane at step t
-(METHODS.md 10.1)::
+A per-site, per-step, per-channel bias ``b[t, c]`` subtracted from the membrane at step t::
 
-    m(t) = v(t-1) + x(t) [+ the base method's own terms, e.g. +theta/(2T)] - b[t, c]
+    m(t) = v(t-1) + x(t) [+ the base method's terms, e.g. +theta/(2T)] - b[t, c]
 
-learned with forward passes only (METHODS.md 10.2, golden fact G16). For each outer
-iteration, calibration batch and site in topological order, stepping t = 1..T::
+learned forward-only against the untouched ANN. For each outer iteration (``iterations``),
+calibration batch (``batches``) and site in network order, stepping t = 1..T::
 
-    e_c   = mean over (batch, positions) of theta * s(t)  -  mean of the ANN activation a
-    b[t] += alpha * e                      (positive error -> fewer spikes)
-    re-fire step t with the updated bias and carry the corrected membrane on to t + 1
+    e_c   = mean_{batch, positions} theta s_c(t) - mean a_c     (a: the ANN activation)
+    b[t] += alpha e                                             (positive error: fewer spikes)
+    re-fire step t with the new bias and carry the corrected membrane on
 
-``a`` comes from the *untouched* reference ANN on the same images. The bias is realized as
-``NeuronSpec.step_bias`` (``[T, C]``, added, so it holds ``-b``) on top of whatever the recipe
-set before (thresholds from any source, theta/2 initial potentials, a +theta/(2T) shift), and
-every backend runs it.
+The table is ``NeuronSpec.step_bias`` (``[T, C]``, added, so it holds ``-b``) on top of any
+threshold source and base initial potential. T-specific.
 
-Implementation (exact equivalent of the official loop, less compute)
--------------------------------------------------------------------
-The official SNN-Calibration variant steps the *whole* network one step at a time and, at
-each step, restores and re-fires the layer being calibrated. Upstream sites do not depend on
-the site being calibrated, so here the site's input sequence is captured once per batch from
-a full T-step run of the SNN (upstream already calibrated) and the site alone is re-simulated
-step by step with the backend's own neurons (``NeuronLayer.simulate``) - the QCFS variant's
-layer-local loop. The official SNNC variant re-fires with the strict ``>`` rule; snnbridge's
-single rule ``>=`` is used throughout.
-
-Defaults and deviations (METHODS.md 10.3, 10.6)
------------------------------------------------
-* ``alpha`` 0.5, 10 batches, 5 outer iterations: the SNN-Calibration variant's command-line
-  defaults (its CIFAR script uses 5 batches x 100 iterations, the QCFS variant alpha 0.4, 3
-  batches, 1 iteration, the RTS CIFAR script alpha 0.005).
-* **No test-set selection** (trap 1): the official SNNC script evaluates the test set after
-  each outer iteration and keeps the best. Here ``select: true`` instead holds out
-  ``holdout_batches`` *calibration* (training) batches and keeps the iteration count (0 .. n)
-  whose decoded SNN output is closest (MSE) to the ANN's output on them; no labels are used.
-* **T-specific** (trap 4): the table has T rows; running the SNN longer raises, shorter warns
-  (``on_mismatch``). Calibrate at the T you will run (``timesteps`` option).
-* Membranes are never reset between steps of the calibration (trap 3).
+Where the official code differs: its SNN-Calibration variant steps the whole network and
+re-fires one layer per step; here each site's input sequence is captured once per batch
+and the site alone is re-simulated (the QCFS variant's layer-local loop, identical result);
+it fires on ``>`` there, ``>=`` here. Defaults are that variant's command line (alpha 0.5,
+10 batches, 5 iterations). The official script keeps the iteration that scores best on the
+*test* set; ``select: true`` picks the iteration count on held-out *calibration* batches by
+the output MSE against the ANN instead. More in docs/methods.md.
 """
 
 from __future__ import annotations
@@ -78,7 +60,7 @@ def snnbridge_add_options():
 
 
 def bias_step_error(weighted_spikes: torch.Tensor, ann: torch.Tensor) -> torch.Tensor:
-    """G16: per-channel error ``mean(theta * s(t)) - mean(a)`` of one step (both ``[B, C, ...]``)."""
+    """The per-channel error ``mean(theta * s(t)) - mean(a)`` of one step (both ``[B, C, ...]``)."""
     return channels.mean(weighted_spikes) - channels.mean(ann)
 
 

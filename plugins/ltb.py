@@ -1,64 +1,29 @@
-"""Training-free conversion with local threshold balancing (Bu, Li, Yu; CVPR 2025, arXiv:2409.03368v2).
+"""Local threshold balancing (Bu, Li, Yu; CVPR 2025, arXiv:2409.03368). Code: github.com/putshua/Inference-scale-ANN-SNN.
 
-Four parts (METHODS.md 4.1):
+Training-free conversion in four parts:
 
-1. **Local threshold balancing** (threshold estimator; golden fact G8). Every site starts
-   from ``theta = 0`` (per channel for conv, per feature for Linear; ``channelwise``). For
-   each calibration batch (``iterations`` of them), at each site in network order, *before*
-   clipping that batch::
+1. **Threshold** per channel (per feature for Linear), from ``theta = 0``; per calibration
+   batch, at each site in network order and *before* clipping that batch::
 
-       theta_c += eta * 2 * mean over (batch, positions) of relu(a - theta_c)
-       output   = min(a, theta_c)            # downstream sites see clipped activations
+       theta_c += eta * 2 * mean_{batch, positions} relu(a - theta_c);   output = min(a, theta_c)
 
-   with ``a`` the site's ANN activation. This is gradient descent on ``sum (C(z; theta) -
-   ReLU(z))^2`` with the clipping function ``C`` standing in for the SNN; ``eta = 1`` in the mean
-   form is the official code's choice. The objective has no interior minimum (theta only
-   grows toward the largest activations): the number of iterations is the knob that trades
-   low-T accuracy (fewer) against high-T accuracy (more) - METHODS.md 4.7 trap 1. Channels that
-   never activate keep theta = 0 in the official code (their neuron then emits zero-amplitude
-   spikes); a threshold must be positive here, so they get ``eps`` (output <= eps per step,
-   i.e. silent in practice) and the report counts them.
-2. **Pre-neuron max pooling**: done by the core's graph preparation for every max-pool that
-   directly follows an activation (the pool is moved in front of the neuron, so the balancing
-   pass sees the pooled currents, as the official ``convert_ann_to_snn`` which swaps
-   ``ReLU -> MaxPool`` into ``MaxPool -> neuron``). In the SNN the pool takes the max of
-   per-step currents (trap 4).
-3. **v(0) = theta/2** (``v0`` fraction; ``v0_base`` provider, from OPI).
-4. **Delayed evaluation** (G17): the decoded output averages the last layer over steps
-   ``t0 + 1 .. T`` with ``t0 = min(t0_est, T - 4)`` (``delay_margin``), set as the runtime's
-   ``snn.decode_delay`` (``sweep`` applies it for every prefix length). The estimate follows the
-   paper's formula (Alg. 1; trap 5: the official helper reads an attribute its neuron never
-   sets): ``t0_est = sum over sites of (theta - v0)_i* / m_i*`` where ``m`` is the data-mean
-   map of ``relu(z)`` (``z`` the site's input in the clipped forward pass, ``delay_batches``
-   batches) and ``i*`` its largest element; rounded down as the official ``int(...)``.
-   ``delay`` sets ``t0_est`` by hand; ``delayed_evaluation: false`` turns it off.
+   (gradient descent on ``sum (clip(z; theta) - relu(z))^2``; downstream sites see the clipped
+   activations). The objective has no interior minimum: ``iterations`` is the knob that
+   trades low-T accuracy (fewer, smaller thresholds) against high-T accuracy (more).
+   Channels that never activate get ``eps``.
+2. **Pre-neuron max pooling**: the core moves a max-pool that follows an activation in
+   front of the neuron.
+3. **v0 = theta/2** (``v0``; provides ``v0_base``).
+4. **Delayed evaluation**: the output averages steps ``t0 + 1 .. T`` with
+   ``t0 = min(t0_est, T - delay_margin)`` (``snn.decode_window``); ``t0_est = sum_sites
+   (theta - v0)_i* / m_i*`` with ``m`` the data-mean map of ``relu(z)`` in the clipped forward
+   pass and ``i*`` its largest element, rounded down (``delay`` sets it by hand).
 
-Official code: github.com/putshua/Inference-scale-ANN-SNN (``layers.py`` SpikingNeuron2d/4d,
-``utils.py``). It fires on the strict ``>``; snnbridge's single rule is ``>=``.
-
-LTB vs SpikingJelly 2.0 ``LocalThresholdBalancingRecipe`` (METHODS.md 4.5, installed code)
------------------------------------------------------------------------------------------
-Same update rule (theta0 = 0, ``theta += 2 * mean(relu(x - theta))`` per batch, clipped
-activations downstream), BN folding, ReLU -> MaxPool reordering and v0 = theta/2. Differences:
-
-* **Iterations**: SpikingJelly runs exactly the batches its dataloader yields, with eta fixed
-  to 1; here ``iterations`` (cycling through the calibration batches) and ``eta``.
-* **Dead channels**: SpikingJelly clamps theta >= 1e-6 after *every* update; here theta stays 0
-  during balancing (official) and only the final threshold is clamped to ``eps``.
-* **Per-channel thresholds**: SpikingJelly wraps ``HalfThresholdIFNode`` (theta = 1) in
-  ``ChannelVoltageScaler(1/theta) ... ChannelVoltageScaler(theta)``; the division rounds, so
-  spikes near the threshold can differ. Here each backend gets theta per channel directly.
-* **Firing rule**: both use ``>=`` (SpikingJelly's Heaviside); the official code ``>``.
-* **Sites**: SpikingJelly hooks only exact ``nn.ReLU`` modules (``F.relu``, ReLU6, clamp make its
-  step-mode adapter raise) and reorders only ``nn.ReLU -> nn.MaxPool2d`` module pairs; here
-  every activation site of the core (functional calls, ReLU6, clips, claimed modules) and any
-  max-pool (1d/2d/3d, module or function) directly after one.
-* **Granularity**: SpikingJelly is always channel-wise; here ``channelwise`` can be turned off.
-* **Delayed evaluation**: the recipe has none. SpikingJelly's separate helper
-  ``ann2snn.estimate_delay_start(model, loader, device, T, num_batches=1)`` sums per layer
-  ``max_c(theta_c - v0_c) / max_c(mean_c relu(z))`` (channel means, numerator and denominator
-  maximised independently), rounds *up*, and when ``T < t0 + 4`` returns ``max(T - 5, 0)``.
-  Here: the paper's element-wise formula (one neuron i*), rounded down, ``min(t0, T - 4)``.
+Where the official code differs: it fires on ``>`` (here ``>=``); its delay helper reads an
+attribute its neuron never sets, so the estimate follows the paper's formula. SpikingJelly
+2.0's ``LocalThresholdBalancingRecipe`` runs one pass over its loader with eta = 1, clamps
+dead channels after every update and scales per-channel thresholds through voltage
+scalers; the comparison is in docs/methods.md.
 """
 
 from __future__ import annotations
@@ -107,7 +72,7 @@ def snnbridge_add_options():
 
 
 def balance_step(theta: torch.Tensor, a: torch.Tensor, eta: float, channelwise: bool) -> torch.Tensor:
-    """G8: ``theta + eta * 2 * mean(relu(a - theta))`` (per channel: over all dims but 1)."""
+    """One balancing update: ``theta + eta * 2 * mean(relu(a - theta))`` (per channel: over all dims but 1)."""
     a = a.detach().float()
     if channelwise:
         return theta + eta * 2 * channels.mean(torch.relu(a - channels.broadcast(theta, a)))

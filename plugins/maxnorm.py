@@ -1,13 +1,14 @@
-"""Data-based max-norm (Diehl et al., IJCNN 2015) with reset by subtraction.
+"""Data-based max-norm (Diehl et al., IJCNN 2015), with reset by subtraction.
 
-Threshold of each site = the largest activation seen on the calibration data (a true
-global maximum, not a running average), layer-wise or per channel. This is the threshold
-form of Diehl's weight normalisation: keeping the weights and using threshold lambda with
-spike amplitude lambda gives the same spikes as scaling ``W^l`` by ``lambda^{l-1}/lambda^l``
-with threshold 1 (METHODS.md 9.1 and 12.1).
+``theta_l = max`` of site l's activations over the calibration data (the true maximum,
+not a running average), layer-wise or per channel (``channelwise``). This is the threshold
+form of Diehl's weight normalisation: keeping the weights, threshold lambda and spike
+amplitude lambda give the same spikes as scaling ``W_l`` by ``lambda_{l-1} / lambda_l`` with
+threshold 1 (Bu et al., AAAI 2022, show the equivalence).
 
 ``momentum`` reproduces SpikingJelly's ``VoltageHook`` instead: an exponential moving
-average of per-batch maxima (first batch initialises).
+average of per-batch maxima (``ema <- (1 - m) ema + m max_batch``; the first batch
+initialises).
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
-"""OPI: optimized potential initialization (Bu et al., AAAI 2022; METHODS.md section 9).
+"""OPI: optimized potential initialization (Bu, Ding, Yu, Huang; AAAI 2022, arXiv:2202.01440).
 
 Every neuron starts from ``v0 = fraction * theta`` (default ``fraction = 0.5``), on top of any
 threshold source (``["maxnorm", "opi"]``, ``["robustnorm", "opi"]``, ``["qcfs", "opi"]``; a
 per-channel threshold gives a per-channel ``v0``). With ``v0 = theta/2`` the SNN layer
 computes ``(theta/T) * clip(floor((z T + theta/2)/theta), 0, T)``, i.e. *rounding* instead of
 flooring: the expected layer error vanishes and the expected squared error is minimal
-(``Delta^2/12`` instead of ``Delta^2/3``, ``Delta = theta/T``; golden fact G4). Other
+(``Delta^2/12`` instead of ``Delta^2/3``, ``Delta = theta/T``). Other
 fractions are ablations (``fraction = 0`` is the plain floor; on a QCFS network it is the
 phi = 0 ablation of the SNN side).
 
 OPI provides ``v0_base`` (the base initial potential): a second base writer in the same
 recipe is refused, and so is ``clipshift``'s per-step half-step shift (``step_shift``),
-which would shift the charge twice (METHODS.md 0.4-c, 9.3). ``qcfs`` only supplies its own
+which would shift the charge twice. ``qcfs`` only supplies its own
 ``theta/2`` when no recipe plugin provides ``v0_base``, so ``["qcfs", "opi"]`` lets this
 plugin decide. The paper's optional clip activation with a trainable bound is not part of
-this plugin (``qcfs`` with its trainable lambda covers training-aware clipping).
+this plugin (``qcfs`` with its trainable lambda covers training-aware clipping). No official
+repository exists.
 """
 
 from __future__ import annotations

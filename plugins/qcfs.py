@@ -1,41 +1,27 @@
-"""QCFS: quantization-clip-floor-shift activation (Bu et al., ICLR 2022; METHODS.md section 6).
+"""QCFS: the quantization-clip-floor-shift activation (Bu et al., ICLR 2022). Code: github.com/putshua/ANN_SNN_QCFS.
 
 Training (``snnbridge.prepare(model, ["qcfs"])``) swaps every activation call site for a
-:class:`QCFS` module with its own trainable threshold ``lam`` (lambda)::
+:class:`QCFS` module with its own trainable threshold ``lam``::
 
-    h(z) = lam * clip(floor(z * L / lam + phi) / L, 0, 1)
+    h(z) = lam * clip(floor(z * L / lam + phi) / L, 0, 1)        (L = levels, phi = shift)
 
-``L`` = ``levels``, ``phi`` = ``shift``. The floor is straight-through (d floor(u)/du := 1)
-and the clamp comes *before* the floor, as in the new official code (putshua/ANN_SNN_QCFS):
-inside ``0 < z < lam`` the gradients are dh/dz = 1 and dh/dlam = (h - z)/lam, above it
-dh/dz = 0 and dh/dlam = h/lam (= 1), below it both are 0 (golden fact G2). This window does
-not depend on how the installed PyTorch differentiates ``clamp`` at its bounds (the old code's
-floor-then-clamp order does).
+with a straight-through floor and the clamp *before* the floor, as the new official code:
+inside ``0 < z < lam`` dh/dz = 1 and dh/dlam = (h - z)/lam, above it dh/dz = 0 and
+dh/dlam = 1, below both 0 (the old code's floor-then-clamp order makes the window depend on
+how PyTorch differentiates ``clamp`` at its bounds). Defaults: ``levels = 8`` (the new
+official code; the paper recommends 4 or 8), ``lambda_init = 8.0``, ``shift = 0.5``.
 
-Defaults (METHODS.md 6.2): ``levels = 8`` (the new official code's default; the paper
-recommends 4 or 8, COS/SRP's CIFAR models use 4), ``lambda_init = 8.0``, ``shift = 0.5``.
+Conversion (``["qcfs", ...]``): the plugin claims its modules, so a prepared, trained and
+reloaded model converts; every site becomes IF neurons with ``theta = lam`` (a clear error
+for ``lam <= 0`` or a site that is not QCFS) and ``v0 = phi * theta`` (Theorem 2: zero
+expected error for any T). ``v0`` is a *fallback* ``v0_base`` (``opi`` overrides it, e.g.
+``{"opi": {"fraction": 0.0}}`` is the phi = 0 ablation). Weights are unchanged; any T works.
+Provides ``quantized_ann``, which ``cos`` and ``srp`` require.
 
-Conversion (``snnbridge.convert(model, ["qcfs", ...])``): the plugin claims its modules
-(``snnbridge_claim_module``), so a prepared, trained and reloaded model converts; every site
-becomes IF neurons with threshold ``theta = lam`` of that site (an error names any site
-whose ``lam <= 0`` and any site that is not a QCFS activation) and initial potential
-``v0 = phi * theta`` with the ``phi`` the network was trained with (``theta/2`` by default;
-METHODS.md 6.1, Theorem 2). The initial potential is a *fallback* ``v0_base``: a recipe
-plugin that provides ``v0_base`` (``opi``) overrides it, e.g. ``["qcfs", {"opi":
-{"fraction": 0.0}}]`` is the phi = 0 ablation of the SNN. The weights are not changed; any
-T works (independent of L). The plugin provides ``quantized_ann``, which ``cos`` and ``srp``
-require.
-
-Max-pooling: the official code replaces max-pool by average-pool *before training*. This
-plugin does not change the pooling of the user's model (``prepare`` only swaps
-activations). A max-pool directly after an activation stays exact for the QCFS ANN (QCFS is
-monotone, so max and QCFS commute) and becomes pre-neuron max-pooling in the SNN (the core
-moves it in front of the neurons); to reproduce the papers, define the model with
-``nn.AvgPool2d`` (the CIFAR-10 example model does).
-
-Checkpoints: the names of the swapped modules are deterministic, so
-``prepare -> train -> torch.save(state_dict)`` and later
-``prepare(fresh model, same options) -> load_state_dict -> convert`` round-trips.
+Where the official code differs: it replaces max-pool by average pooling before training;
+this plugin leaves the model's pooling alone (a max-pool after a QCFS activation is exact
+for the ANN and becomes pre-neuron max pooling in the SNN). Module names are deterministic,
+so ``prepare -> train -> state_dict -> prepare(fresh) -> load_state_dict -> convert`` round-trips.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Threshold = the p-th percentile of a site's activations over the calibration dat
 uniform random sample of at most ``max_samples`` activations per site (per channel when
 channel-wise); with fewer activations than that the percentile is exact. By default the
 percentile is taken over *all* post-ReLU values, zeros included, as SpikingJelly does;
-``nonzero: true`` takes it over positive values only (METHODS.md 12.4).
+``nonzero: true`` takes it over positive values only (the two conventions give different
+thresholds; SpikingJelly's ``RateCodingRecipe`` counts the zeros).
 """
 
 from __future__ import annotations

@@ -1,31 +1,21 @@
-"""SRP: residual membrane potential masks (Hao et al., AAAI 2023; METHODS.md section 8).
+"""SRP: residual membrane potential masks (Hao et al., AAAI 2023). Code: github.com/hzc1208/ANN2SNN_SRP.
 
-A per-input correction of a QCFS-converted SNN against the largest unevenness error (the
-ANN outputs 0 while the SNN fires). For every input:
+A per-input correction of a QCFS-converted SNN (``requires quantized_ann``) against the
+largest unevenness error (the ANN outputs 0 while the SNN fires). Per input:
 
-1. the whole network runs ``tau`` uncounted steps (default 4) from the base ``v0``
-   (``theta/2`` with ``qcfs``), an ordinary SNN run whose outputs propagate to later layers
-   but are not decoded;
-2. after step ``tau`` every neuron gets ``mask = 1`` if its residual potential
-   ``v(tau) > mask_threshold * theta`` (default ``1e-3``, the official value) else ``0``;
-3. every neuron restarts from the base ``v0`` (all sites at the same global step) and the
-   ``T`` counted steps run with each neuron's output multiplied by its mask, so neurons whose
-   residual potential was ``<= 0`` stay silent for the whole run - also those that fired
-   twice and should keep one spike (that is the method, METHODS.md 8.6).
+1. the whole network runs ``tau`` uncounted warm-up steps from the base ``v0`` (theta/2);
+2. every neuron gets ``mask = 1`` if its residual potential ``v(tau) > mask_threshold * theta``
+   (official: 1e-3), else 0;
+3. every neuron restarts from the base ``v0`` (all sites at the same step) and the T counted
+   steps run with the outputs multiplied by the masks - neurons with ``v(tau) <= 0`` stay
+   silent, also those that fired twice and should keep one spike (that is the method).
 
-This is the official code's ``mp_test`` procedure (hzc1208/ANN2SNN_SRP). It is attached as a
-network-scoped :class:`~snnbridge.runtime.SiteCorrection`: the runtime runs the shared warm-up
-and hands each site its record; the prediction averages only the T counted steps, and
-``snn.steps_run`` reports ``tau + T`` (the paper's abstract counts the sum: "10 steps" =
-tau 8 + T 2).
-
-Stacked with ``cos`` (``["qcfs", "cos", "srp"]``): one warm-up of ``max(rho, tau)`` steps
-serves both; SRP's mask comes from ``v(tau)`` of that warm-up, COS's ``v0`` shift from its
-first ``rho`` steps, and the counted run starts from COS's shifted ``v0`` (SRP's restart
-value is whatever the earlier corrections proposed, the base ``v0`` when alone) with SRP's
-masks. See README.md, "Stacking COS and SRP".
-
-Requires ``quantized_ann`` (``qcfs`` earlier in the recipe).
+This is the official ``mp_test`` procedure, attached as a network-scoped
+:class:`snnbridge.SiteCorrection`: the runtime runs the shared warm-up and hands each site
+its record. ``snn.steps_run`` reports ``tau + T`` (the abstract's "10 steps" are tau 8 + T 2).
+With ``cos`` (``["qcfs", "cos", "srp"]``) one warm-up of ``max(rho, tau)`` steps serves both
+and the counted run starts from COS's shifted ``v0`` with SRP's masks (README, "Stacking COS
+and SRP").
 """
 
 from __future__ import annotations

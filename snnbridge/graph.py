@@ -10,7 +10,7 @@ What :func:`trace_for_conversion` does, in order (the user's model is never touc
    and plugin-claimed modules; one site per *call*;
 3. removes ``Dropout`` and ``Identity`` (eval mode);
 4. folds every ``BatchNorm`` that directly follows a ``Conv``/``Linear`` (whose output has
-   no other user) into that layer's weight and bias (METHODS.md 0.4-a); other BNs stay as
+   no other user) into that layer's weight and bias (running statistics, eval mode); other BNs stay as
    eval-mode affine layers, which is exact because they are linear;
 5. max-pooling: a max-pool that directly follows an activation is moved *in front of* the
    neuron ("pre-neuron max pooling": exact for the ANN since ReLU and max commute; in the

@@ -1,7 +1,7 @@
 """``snnbridge.simulate``: run one layer of neurons described by a spec, with any backend.
 
-The public, backend-neutral way to check neuron behaviour (golden facts, cross-backend
-equivalence) without converting a network.
+The public, backend-neutral way to check neuron behaviour (hand-worked
+values, cross-backend equivalence) without converting a network.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def simulate(spec: NeuronSpec, x_seq: torch.Tensor, *, backend: str = "torch", b
              v_init: torch.Tensor | None = None, return_v: bool = False) -> SimResult:
     """Run one layer of neurons described by ``spec`` on ``x_seq`` (``[T, B, ...]``) with a backend.
 
-    The public, backend-neutral way to check neuron behaviour (golden facts, cross-backend
-    equivalence). ``v_init`` defaults to ``spec.v0``; ``spec.step_bias`` is added per step.
+    The public, backend-neutral way to check neuron behaviour (hand-worked
+    values, cross-backend equivalence). ``v_init`` defaults to ``spec.v0``; ``spec.step_bias`` is added per step.
     """
     check_sequence(x_seq, v_init)
     layer = make_neuron_factory(backend, backend_options)(spec)

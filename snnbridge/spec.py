@@ -5,7 +5,7 @@ changed with :meth:`NeuronSpec.replace`). An adapter never knows which method pr
 spec; it only realizes it with its framework's neurons. Because of this split, one recipe
 gives the same spikes on every backend.
 
-The neuron every spec describes (METHODS.md 0.1), for the input current ``x(t)`` of step
+The neuron every spec describes (the IF neuron every conversion method assumes), for the input current ``x(t)`` of step
 ``t = 1..T`` and one neuron::
 
     m(t) = v(t-1) + x(t) + bias(t)      # charge (bias: optional per-step input bias)
@@ -20,7 +20,7 @@ Shapes. A site's activation has shape ``[B, C, ...]`` (``C`` at ``channel_dim`` 
 * ``threshold``: a positive float, or a 1-D tensor of length ``C`` (per channel).
 * ``v0``: a float; a 1-D tensor ``[C]`` (per channel); or a tensor of the activation shape
   without the batch dimension ``[C, ...]`` (per position, shared by all samples). Per-sample
-  initial potentials are a runtime matter (see ``snnbridge.runtime``), not part of the spec.
+  initial potentials are a runtime matter (see ``snnbridge.corrections``), not part of the spec.
 * ``step_bias``: ``None``; a float added every step; a 1-D tensor ``[T]`` (one value per
   step, all channels); or a 2-D tensor ``[T, C]`` (per step and channel). A table must have
   at least as many rows as the steps that are run.

@@ -1,4 +1,4 @@
-"""Golden fact G5 (METHODS.md part (b)) on every backend, through ``snnbridge.simulate``.
+"""Golden fact G5 (the IF closed form N = clip(floor(x T / theta + phi), 0, T), hand-worked) on every backend, through ``snnbridge.simulate``.
 
 snnbridge has one firing rule, ``m >= threshold``, on every backend; the tie cases below
 would give another count under ``m > threshold`` (snnTorch's own rule - checked at the end
@@ -62,7 +62,7 @@ def test_zero_initial_potential_floors(backend):
 
 
 def test_per_step_shift_differs_from_initial_potential(backend):
-    # same total, different timing (METHODS.md trap 0.4-c)
+    # same total, different timing (a per-step shift is not an initial potential)
     x = torch.full((8, 1), 0.3, dtype=F64)
     shift = simulate(NeuronSpec(threshold=1.0, step_bias=1 / 16), x, backend=backend)
     half = simulate(NeuronSpec(threshold=1.0, v0=0.5), x, backend=backend)

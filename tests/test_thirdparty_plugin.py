@@ -12,16 +12,14 @@ at the end. Entry points are read once per process, so the checks run in subproc
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 import snnbridge
+from helpers.install import install_private, run_python
 
 PLUGIN_SRC = Path(__file__).resolve().parent / "thirdparty_plugin"
 DIST, VERSION, NAME = "snnbridge-halfshift-demo", "0.3.1", "halfshift"
@@ -29,17 +27,9 @@ DIST, VERSION, NAME = "snnbridge-halfshift-demo", "0.3.1", "halfshift"
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
-    """pip-install the demo plugin into a private folder; yield (folder, environment for subprocesses)."""
+    """pip-install the demo plugin into a private folder; yield (folder, environment for subprocesses, workdir)."""
     tmp = tmp_path_factory.mktemp("thirdparty")
-    src = tmp / "src"  # build from a copy: an in-tree build writes build/ and *.egg-info next to the sources
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = tmp / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                           "--disable-pip-version-check", "-q", "--target", str(site), str(src)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", SNNBRIDGE_DISABLE_PLUGINS="")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    site, env = install_private(PLUGIN_SRC, tmp)
     try:
         yield site, env, tmp
     finally:
@@ -47,9 +37,7 @@ def plugin_site(tmp_path_factory):
 
 
 def _run(args, env, cwd):
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return run_python(args, env, cwd)
 
 
 def test_installed_plugin_is_listed_by_the_cli(plugin_site):

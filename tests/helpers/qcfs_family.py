@@ -1,8 +1,8 @@
 """Helpers for the QCFS-family tests: small prepared networks and independent reference simulators.
 
-The reference simulators restate the official evaluation procedures of METHODS.md 7.2
-(COS, layer by layer over the whole time axis) and 8.2 (SRP, step by step over the whole
-network) directly in torch, in units of the threshold (inputs divided by theta, threshold 1),
+The reference simulators restate the official evaluation procedures - COS layer by layer over
+the whole time axis (hzc1208/ANN2SNN_COS, ``MPLayer``) and SRP step by step over the whole
+network (hzc1208/ANN2SNN_SRP, ``mp_test``) - directly in torch, in units of the threshold (inputs divided by theta, threshold 1),
 without any snnbridge code, so the plugins' runtime results can be checked against them.
 """
 
@@ -70,7 +70,7 @@ def if_run(x_seq: torch.Tensor, v0: torch.Tensor):
 
 
 def official_cos_shift(S: torch.Tensor, V: torch.Tensor, delta=None) -> torch.Tensor:
-    """METHODS.md 7.2 steps 2-4 per neuron (threshold units), with the trap-4 clamp for all-spiking neurons.
+    """The official COS rule per neuron (threshold units), with the shift of all-spiking neurons clamped to 1.
 
     ``delta``: shift already applied (later rounds test the residual relative to the shifted start)."""
     n = S.sum(0)

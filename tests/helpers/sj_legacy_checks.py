@@ -38,7 +38,7 @@ def env_report():
 
 
 def golden_report():
-    """G5 (METHODS.md (b)) on the legacy backend, float64."""
+    """G5 (the IF closed form, hand-worked values) on the legacy backend, float64."""
     out = {}
     d = torch.float64
     xs = [-0.2, 0.0, 0.0625, 0.3, 0.5, 0.99, 1.0, 1.7]
