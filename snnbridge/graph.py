@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from .errors import UnsupportedModelError
 from .sites import ActivationSite, SiteInfo
@@ -311,23 +312,19 @@ def _drop_identities(gm: fx.GraphModule, report) -> None:
 def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """Return a copy of ``layer`` (Conv/Linear) with the eval-mode ``bn`` that follows it folded in.
 
-    ``w' = w * g/s`` and ``b' = (b - mean) * g/s + beta`` per output channel, with
-    ``s = sqrt(running_var + eps)`` (a bias is created if the layer had none).
+    PyTorch's own fusion (``torch.nn.utils.fusion``): ``w' = w * g / s`` and
+    ``b' = (b - mean) * g / s + beta`` per output channel, ``s = sqrt(running_var + eps)``
+    (a bias is created if the layer had none; a BN without affine parameters uses g = 1, beta = 0).
     """
-    fused = copy.deepcopy(layer)
-    w = fused.weight.detach()
-    b = fused.bias.detach() if fused.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    mean, var = bn.running_mean.to(w.dtype), bn.running_var.to(w.dtype)
+    mean = bn.running_mean
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    if isinstance(fused, nn.Linear):
-        new_w = w * scale[:, None]
-    else:
-        # ConvTranspose is not supported: output channels are dim 0 for ConvNd weights
-        new_w = w * scale.view([-1] + [1] * (w.dim() - 1))
-    fused.weight = nn.Parameter(new_w, requires_grad=False)
-    fused.bias = nn.Parameter((b - mean) * scale + beta, requires_grad=False)
+    fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
+    bias = layer.bias.detach() if layer.bias is not None else None
+    weight, bias = fuse(layer.weight.detach(), bias, mean, bn.running_var, bn.eps, gamma, beta)
+    fused = copy.deepcopy(layer)
+    fused.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    fused.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return fused
 
 

@@ -128,6 +128,7 @@ def test_concat_conv1d_and_static_skip_are_supported():
             y = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], dim=1)
             return self.fc(torch.cat([torch.flatten(y, 1), torch.flatten(x, 1)], dim=1))  # static input skips ahead
 
+    torch.manual_seed(0)  # the tolerance below is for this network; unseeded it depended on the test order
     model = Mixed().eval()
     data = [torch.rand(8, 2, 8)]
     snn = _convert(model, data, T=256)
