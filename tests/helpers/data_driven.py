@@ -29,19 +29,24 @@ def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@lru_cache(maxsize=1)
-def _trained_state():
-    torch.manual_seed(0)
-    net = BNNet()
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+def _train(net: nn.Module, lr: float, steps: int) -> nn.Module:
+    """Adam on batches of 64 synthetic training images (seeded per step)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     x, y = make_data(2048, seed=1)
     net.train()
-    for step in range(120):
+    for step in range(steps):
         idx = torch.randint(0, x.shape[0], (64,), generator=torch.Generator().manual_seed(step))
         loss = F.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return net
+
+
+@lru_cache(maxsize=1)
+def _trained_state():
+    torch.manual_seed(0)
+    net = _train(BNNet(), lr=0.01, steps=120)
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
@@ -117,17 +122,7 @@ def _trained_for_state(recipe_key: str):
 
     recipe = json.loads(recipe_key)
     torch.manual_seed(0)
-    net = snnbridge.prepare(trained_net(), recipe)
-    opt = torch.optim.Adam(net.parameters(), lr=0.005)
-    x, y = make_data(2048, seed=1)
-    net.train()
-    for step in range(60):
-        idx = torch.randint(0, x.shape[0], (64,), generator=torch.Generator().manual_seed(step))
-        loss = F.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return _train(snnbridge.prepare(trained_net(), recipe), lr=0.005, steps=60).eval()
 
 
 def trained_for(recipe: list) -> nn.Module:

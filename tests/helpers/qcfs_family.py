@@ -118,16 +118,19 @@ def reference_cos(prepared, x: torch.Tensor, T: int, rho: int, rounds: int = 1) 
 def reference_srp(prepared, x: torch.Tensor, T: int, tau: int, cos_rho: int | None = None,
                   mask_threshold: float = 1e-3) -> torch.Tensor:
     """Official SRP evaluation, step by step over the whole network; with ``cos_rho`` also COS's v0 shift
-    decided from the same warm-up (the stacked semantics). Returns the running mean over the T counted steps."""
+    decided from the same warm-up (the stacked semantics: the warm-up lasts ``max(tau, cos_rho)`` steps, SRP's
+    masks come from the membrane after step ``tau``, COS's shift from the first ``cos_rho`` steps).
+    Returns the running mean over the T counted steps."""
     linears, lams = blocks_of(prepared)
+    warmup = max(tau, cos_rho or 0)
     first = linears[0](x)
     v = [None] * len(lams)
     rec_S = [[] for _ in lams]
     rec_V = [[] for _ in lams]
     counted = []
-    for t in range(tau + T):
-        if t == tau:  # end of the warm-up: masks, restart every neuron from the base v0 (+ COS shift)
-            masks = [(vi > mask_threshold).to(vi.dtype) for vi in v]
+    for t in range(warmup + T):
+        if t == warmup:  # end of the warm-up: masks, restart every neuron from the base v0 (+ COS shift)
+            masks = [(V[tau - 1] > mask_threshold).to(x.dtype) for V in rec_V]
             v = [torch.full_like(vi, 0.5) for vi in v]
             if cos_rho is not None:
                 v = [vi + official_cos_shift(torch.stack(S[:cos_rho]), torch.stack(V[:cos_rho]))
@@ -140,13 +143,13 @@ def reference_srp(prepared, x: torch.Tensor, T: int, tau: int, cos_rho: int | No
             v[i] = v[i] + cur
             s = (v[i] >= 1.0).to(cur.dtype)
             v[i] = v[i] - s
-            if t < tau:
+            if t < warmup:
                 rec_S[i].append(s)
                 rec_V[i].append(v[i].clone())
                 h = s * lam
             else:
                 h = s * lam * masks[i]
-        if t >= tau:
+        if t >= warmup:
             counted.append(linears[-1](h))
     out = torch.stack(counted)
     return out.cumsum(0) / torch.arange(1, T + 1, dtype=out.dtype).view(-1, 1, 1)
