@@ -82,7 +82,15 @@ def snnbridge_plugin_info():
         summary="threshold ReLU for training; theta = max of the clipped activation; +theta/(2T) input every step",
         reference="Deng & Gu, Optimal Conversion of Conventional Artificial Neural Networks to Spiking Neural "
                   "Networks, ICLR 2021",
-        provides=("activation", "threshold", "step_shift"))
+        provides=("activation", "threshold", "step_shift"), needs_data=_needs_data)
+
+
+def _needs_data(options):
+    """The official threshold (the largest clipped activation) comes from data; the clip bound does not."""
+    if options["threshold_source"] == "max":
+        return ("with threshold_source 'max' (the official threshold balancing), or use {'clipshift': "
+                "{'threshold_source': 'y_th'}} to take the clip bound as threshold")
+    return False
 
 
 def _positive_int_or_none(v) -> bool:

@@ -297,18 +297,19 @@ def cmd_plugins(args) -> int:
     if not args.names:
         _say(f"snnbridge {__version__}: {len(records)} plugins installed (entry-point group 'snnbridge')")
     kind = None
+    name_w = max([14] + [len(r["name"]) for r in records])
     for r in records:
         if r["kind"] != kind:
             kind = r["kind"]
             _say(f"\n{_KIND_TITLES.get(kind, kind)}:")
         origin = r["distribution"] + (f" {r['version']}" if r["version"] else "")
         if r["broken"]:
-            _say(f"  {r['name']:<14} {origin:<22} BROKEN")
+            _say(f"  {r['name']:<{name_w}} {origin:<22} BROKEN")
             for line in textwrap.wrap(r["broken"], width - 6):
                 _say(f"      {line}")
             continue
         flags = ("  [needs data]" if r["needs_data"] is True else "") + ("  [T-specific]" if r["t_specific"] else "")
-        _say(f"  {r['name']:<14} {origin:<22} stages: {', '.join(r['stages']) or '-'}{flags}")
+        _say(f"  {r['name']:<{name_w}} {origin:<22} stages: {', '.join(r['stages']) or '-'}{flags}")
         for line in textwrap.wrap(r["summary"], width - 6) or ["(no summary)"]:
             _say(f"      {line}")
         if args.all:
@@ -463,7 +464,8 @@ def _convert(args, setup: _Setup, device, progress: bool):
         data = open_image_folder(setup.data_path, args.calib_split, **norm)
         classes = data.classes
         indices = data.sample(args.calib_samples, seed=args.seed)
-        calibration = [x for x, _ in data.batches(indices, args.batch_size, workers=args.workers)]
+        calibration = [x for x, _ in data.batches(indices, args.batch_size, workers=args.workers,
+                                                      pin_memory=device.type == "cuda")]
         calib_desc = {"path": str(setup.data_path), "split": data.split, "samples": len(indices), "seed": args.seed,
                       "images_available": len(data), "indices": indices}
     elif getattr(args, "input_shape", None):
@@ -636,7 +638,8 @@ def cmd_evaluate(args) -> int:
               f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
     indices = data.sample(args.samples, seed=args.seed)
     try:
-        curve = accuracy_curve(snn, data.batches(indices, args.batch_size, workers=args.workers),
+        batches = data.batches(indices, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+        curve = accuracy_curve(snn, batches,
                                args.timesteps, ann=ann, device=device, progress=progress)
     except RuntimeError as exc:
         raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "

@@ -70,11 +70,11 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     rec: Recipe = recipe if isinstance(recipe, Recipe) else build_recipe(recipe)
     registry = rec.registry
     factory = make_neuron_factory(backend, backend_options, registry)
-    needing = rec.needs_data()
-    if needing and calibration is None:
+    reason = rec.data_reason()
+    if reason and calibration is None:
         raise MissingRequirementError(
-            f"plugin {needing[0]!r} needs calibration data; pass calibration=<a DataLoader or list of batches> "
-            "(a few hundred training images drawn at random are usually enough).")
+            f"{reason}; pass calibration=<a DataLoader or list of batches> (a few hundred training images drawn at "
+            "random are usually enough).")
     if not isinstance(model, nn.Module):
         raise InputError(f"snnbridge.convert takes a torch.nn.Module, got {type(model).__name__}.")
 

@@ -51,8 +51,9 @@ class PluginInfo:
     * ``requires``: capabilities some *earlier* recipe plugin must provide.
     * ``conflicts``: capabilities or plugin names this plugin cannot be combined with.
     * ``after``: capabilities whose providers must come *earlier* in the recipe.
-    * ``needs_data``: the plugin needs calibration batches; a callable ``options -> bool`` when
-      that depends on the options.
+    * ``needs_data``: the plugin needs calibration batches; a callable ``options -> bool`` (or
+      ``-> str``, the reason, shown in the error when no data is given) when that depends on
+      the options.
     * ``t_specific``: the plugin's corrections hold for one T only. The core then adds the
       shared options ``timesteps`` (the T to calibrate for; default the conversion's T) and
       ``on_mismatch`` (``warn``/``error``/``ignore`` when the SNN runs another T), and after
@@ -70,7 +71,7 @@ class PluginInfo:
     requires: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
-    needs_data: bool | Callable[[Mapping[str, Any]], bool] = False
+    needs_data: bool | Callable[[Mapping[str, Any]], bool | str] = False
     t_specific: bool = False
     aliases: tuple[str, ...] = ()
     defines: Mapping[str, str] = field(default_factory=dict)
@@ -88,9 +89,10 @@ class PluginInfo:
         if shadowed:
             raise ValueError(f"PluginInfo.defines redefines the core capabilities {', '.join(shadowed)}; use new names")
 
-    def data_needed(self, options: Mapping[str, Any]) -> bool:
-        """Whether the plugin needs calibration data with these (complete) options."""
-        return bool(self.needs_data(options)) if callable(self.needs_data) else self.needs_data
+    def data_needed(self, options: Mapping[str, Any]) -> bool | str:
+        """Whether the plugin needs calibration data with these (complete) options (a str: yes, and why)."""
+        need = self.needs_data(options) if callable(self.needs_data) else self.needs_data
+        return need if isinstance(need, str) and need else bool(need)
 
     def capability_names(self) -> set[str]:
         """Every capability this info refers to (conflicts may also name plugins and are not included)."""

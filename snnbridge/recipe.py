@@ -96,6 +96,14 @@ class Recipe:
         """Names of the plugins that need calibration data with their options."""
         return [e.name for e in self.entries if e.info.data_needed(e.options)]
 
+    def data_reason(self) -> str | None:
+        """Why this recipe needs calibration data (the first plugin that does, and its reason), or None."""
+        for e in self.entries:
+            need = e.info.data_needed(e.options)
+            if need:
+                return f"plugin {e.name!r} needs calibration data" + (f" {need}" if isinstance(need, str) else "")
+        return None
+
     def to_list(self) -> list[dict[str, dict[str, Any]]]:
         """A plain-data form of the recipe (for reports and saving)."""
         return [{e.name: dict(e.options)} for e in self.entries]
