@@ -122,19 +122,31 @@ class SnnTorchLayer(NeuronLayer):
         leaky.threshold = th  # for this run only: the stored buffer keeps its shape, so state_dicts stay loadable
         try:
             mem = torch.zeros_like(x_seq[0])  # full shape, below threshold: no reset at step 1
-            spikes = torch.empty_like(x_seq)
+            if torch.is_grad_enabled() and (x_seq.requires_grad or v_init.requires_grad or th.requires_grad):
+                return self._simulate_differentiable(x_seq, v_init, mem, th, return_v)
+            out = torch.empty_like(x_seq)  # the weighted spikes th * spk the runtime passes on
             v_seq = torch.empty_like(x_seq) if return_v else None
-            spk = None
             for t in range(x_seq.shape[0]):
                 x_t = x_seq[0] + v_init if t == 0 else x_seq[t]
                 spk, mem = leaky(x_t, mem)
-                spikes[t] = spk
+                torch.mul(spk, th, out=out[t])
                 if v_seq is not None:
-                    v_seq[t] = mem - th * spk
-            v_last = mem - th * spk
+                    torch.sub(mem, out[t], out=v_seq[t])
+            v_last = mem - out[-1]
         finally:
             leaky.threshold = resting
-        return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+        return SimResult(output=out, v_last=v_last, v_seq=v_seq)
+
+    def _simulate_differentiable(self, x_seq, v_init, mem, th, return_v) -> SimResult:
+        """The same loop without in-place writes, so snnTorch's surrogate gradients reach the input."""
+        spikes, volts = [], []
+        for t in range(x_seq.shape[0]):
+            spk, mem = self.leaky(x_seq[0] + v_init if t == 0 else x_seq[t], mem)
+            spikes.append(spk)
+            if return_v:
+                volts.append(mem - th * spk)
+        return SimResult(spikes=torch.stack(spikes), v_last=mem - th * spikes[-1],
+                         v_seq=torch.stack(volts) if return_v else None)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule='>=' (FireGE), reset_delay=True"

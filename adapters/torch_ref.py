@@ -19,26 +19,26 @@ class TorchIFLayer(NeuronLayer):
     backend_name = NAME
 
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
-        th = self.spec.threshold
-        per_channel = not isinstance(th, float)
-        if per_channel:
-            th = self.spec.threshold_tensor(x_seq[0], 1)
-        # in place on a private copy of the state: the same IEEE operations as
-        # m = v + x; s = m >= th; v = m - th * s, without allocating per step
-        v = v_init.clone()
-        spikes = torch.empty_like(x_seq)
+        th = self.spec.threshold_tensor(x_seq[0], 1)
+        if isinstance(th, float):  # a 0-d tensor of the input's dtype: float64 runs compare exactly
+            th = torch.tensor(th, dtype=x_seq.dtype, device=x_seq.device)
+        # m = v + x; s = m >= th; v = m - th * s, written as: out = th * s (the weighted spikes the
+        # runtime passes on, computed here so nobody multiplies the whole sequence again), v -= out.
+        # The first step is out of place (v_init is the caller's), the rest in place on that copy.
+        out = torch.empty_like(x_seq)
+        fire = torch.empty(x_seq.shape[1:], dtype=torch.bool, device=x_seq.device)
         v_seq = torch.empty_like(x_seq) if return_v else None
+        v = v_init + x_seq[0]
         for t in range(x_seq.shape[0]):
-            v.add_(x_seq[t])
-            s = spikes[t]
-            s.copy_(v >= th)
-            if per_channel:
-                v.addcmul_(s, th, value=-1.0)
-            else:
-                v.add_(s, alpha=-th)
+            if t:
+                v.add_(x_seq[t])
+            torch.ge(v, th, out=fire)
+            o = out[t]
+            torch.mul(fire, th, out=o)
+            v.sub_(o)
             if v_seq is not None:
                 v_seq[t] = v
-        return SimResult(spikes=spikes, v_last=v, v_seq=v_seq)
+        return SimResult(output=out, v_last=v, v_seq=v_seq)
 
 
 @hookimpl

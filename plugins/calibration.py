@@ -197,7 +197,7 @@ def _snn_rates(snn, name: str, batches, T: int) -> torch.Tensor:
     """The SNN's mean weighted-spike rate at site ``name`` over the images of ``batches`` (``[C, ...]``)."""
     with snn.record(name, keep="rate") as rec:
         for x in batches:
-            snn.run(x, timesteps=T)
+            snn.run(x, timesteps=T, until=name)
     return rec.sample_mean(name, "rate")
 
 
@@ -248,7 +248,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
         handle = feed.layer.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
         try:
             with torch.no_grad(), snn.record(name, keep="drive_mean") as rec:
-                snn.run(x, timesteps=T)
+                snn.run(x, timesteps=T, until=name)
         finally:
             handle.remove()
         B = x.shape[0]

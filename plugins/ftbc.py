@@ -69,7 +69,7 @@ def _calibrate_site(snn, name: str, x: torch.Tensor, ann: torch.Tensor, T: int, 
     site = snn.sites[name]
     spec = site.spec
     with snn.record(name, keep="drive") as rec:
-        snn.run(x, timesteps=T)
+        snn.run(x, timesteps=T, until=name)
     drive = rec[name].counted("drive")  # [T, B, C, ...], biases included
     C = drive.shape[2]
     table = spec.step_table(T, C)

@@ -14,26 +14,37 @@ spec; the adapter realizes only threshold, initial state and the firing/reset ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from .spec import NeuronSpec
 
 
-@dataclass
 class SimResult:
     """Result of :meth:`NeuronLayer.simulate`.
 
     ``spikes``: ``[T, B, ...]`` of 0/1 values; ``v_last``: the membrane after the last
     step, ``[B, ...]``; ``v_seq``: the membrane after each step's reset, ``[T, B, ...]``
-    (only when asked for).
+    (only when asked for). An adapter may give the weighted spikes ``output = threshold *
+    spikes`` instead of (or besides) ``spikes``: it saves the runtime a pass over the
+    sequence, and ``spikes`` is then derived on first access (thresholds are positive).
     """
 
-    spikes: torch.Tensor
-    v_last: torch.Tensor
-    v_seq: torch.Tensor | None = None
+    def __init__(self, spikes: torch.Tensor | None = None, v_last: torch.Tensor | None = None,
+                 v_seq: torch.Tensor | None = None, output: torch.Tensor | None = None):
+        if spikes is None and output is None:
+            raise ValueError("SimResult needs spikes or output")
+        self._spikes, self.v_last, self.v_seq, self.output = spikes, v_last, v_seq, output
+
+    @property
+    def spikes(self) -> torch.Tensor:
+        if self._spikes is None:
+            self._spikes = (self.output != 0).to(self.output.dtype)
+        return self._spikes
+
+    def __repr__(self) -> str:
+        shape = tuple((self._spikes if self._spikes is not None else self.output).shape)
+        return f"SimResult(steps x state = {shape}, v_seq={'yes' if self.v_seq is not None else 'no'})"
 
 
 class NeuronLayer(nn.Module):

@@ -165,10 +165,15 @@ class EMAMaxObserver(EMAObserver):
 class ReservoirObserver(Observer):
     """A uniform random sample of at most ``max_samples`` activation values (per channel when channel-wise).
 
-    Every value gets a uniform random key; the values with the smallest keys are kept. With
-    fewer than ``max_samples`` values all of them are kept, so statistics computed from the
-    sample are then exact. ``compute`` returns the sample, ``[C, n]`` or ``[n]``.
+    Every value gets a uniform random key; the values with the ``max_samples`` smallest keys
+    are kept (ties between keys broken by arrival order). With fewer values all of them are
+    kept, so statistics computed from the sample are then exact. The sample is pruned only
+    when it grows past ``1.25 * max_samples`` (a linear-time selection with ``kthvalue``), so
+    each batch costs little more than copying it. ``compute`` returns the sample,
+    ``[C, n]`` or ``[n]``.
     """
+
+    PRUNE_AT = 1.25
 
     def __init__(self, max_samples: int = 1 << 20, channel_axis: int | None = None):
         if int(max_samples) < 1:
@@ -177,19 +182,42 @@ class ReservoirObserver(Observer):
         super().__init__(channel_axis)
 
     def reset(self):
-        self.values, self.keys = None, None
+        self._values: list[torch.Tensor] = []
+        self._keys: list[torch.Tensor] = []
+        self._count = 0
 
     def observe(self, x):
         v = self.rows(x)
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(0)
-        keys = torch.rand(v.shape, generator=self.generator).to(v.device)
-        if self.values is not None:
-            v, keys = torch.cat([self.values, v], 1), torch.cat([self.keys, keys], 1)
-        if v.shape[1] > self.max_samples:
-            keys, idx = torch.topk(keys, self.max_samples, dim=1, largest=False)
-            v = torch.gather(v, 1, idx)
-        self.values, self.keys = v, keys
+        self._values.append(v)
+        self._keys.append(torch.rand(v.shape, generator=self.generator).to(v.device))
+        self._count += v.shape[1]
+        if self._count > self.PRUNE_AT * self.max_samples:
+            self._prune()
+
+    def _prune(self) -> None:
+        values, keys = torch.cat(self._values, 1), torch.cat(self._keys, 1)
+        n, k = values.shape[1], self.max_samples
+        if n > k:
+            kth = torch.kthvalue(keys, k, dim=1, keepdim=True).values
+            keep = keys < kth
+            need = k - keep.sum(1)  # >= 1: how many keys equal to the k-th to keep per row
+            tied = keys == kth
+            for row in torch.nonzero(tied.sum(1) > need).flatten().tolist():  # keep the earliest tied keys
+                drop = torch.nonzero(tied[row]).flatten()[int(need[row]):]
+                tied[row, drop] = False
+            keep |= tied
+            values = values[keep].view(values.shape[0], k)
+            keys = keys[keep].view(keys.shape[0], k)
+        self._values, self._keys, self._count = [values], [keys], values.shape[1]
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The current sample, ``[rows, n]``."""
+        if len(self._values) != 1 or self._count > self.max_samples:
+            self._prune()
+        return self._values[0]
 
     def compute(self):
         return self._per_site(self.values)

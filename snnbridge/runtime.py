@@ -44,13 +44,18 @@ from .errors import InputError
 from .feeding import Feed, feeding_layer
 from .graph import ConversionGraph, site_attr, site_of
 from .neurons import NeuronLayer
+from .plan import RunPlan, current_plan
 from .recording import Recording
 from .sites import SiteInfo
 from .spec import NeuronSpec
 from .timeline import RunState, TimeExpand
 
-#: elements of one merged activation tensor per chunk (auto chunking), ~128 MB of float32
-CHUNK_ELEMENTS = 1 << 25
+#: elements of the largest merged activation of a time chunk (automatic chunking). On CPU a
+#: chunk that fits the caches wins (measured on a 2-core machine, small CIFAR VGG, batches 1-128:
+#: n * B near 16-64 samples of 32 KB-element activations is fastest; merging all T steps of a batch
+#: of 64 cost 1.7x, mostly in page faults of fresh large tensors); on a GPU large chunks win.
+CPU_CHUNK_ELEMENTS = 1 << 20
+GPU_CHUNK_ELEMENTS = 1 << 25
 
 
 class SpikingSite(nn.Module):
@@ -145,7 +150,7 @@ class SpikingSite(nn.Module):
         if keep:
             self._presim.append((drive, result.spikes, result.v_seq, v_start))
         self.v = result.v_last
-        out = result.spikes * self.spec.threshold_tensor(result.spikes, 2)
+        out = result.output if result.output is not None else result.spikes * self.spec.threshold_tensor(drive, 2)
         if self.mask is not None and not in_presim:
             out = out * self.mask
         for rec in recordings:
@@ -194,6 +199,10 @@ class SpikingModel(nn.Module):
         self.backend_name = getattr(factory, "backend", "?")
         self.recipe = recipe or []
         self.report = report or {}
+        #: ``forward`` runs the affine layers after the last neurons once, on the mean of their inputs
+        #: over the decoded steps (equal to the per-step path up to float rounding; see snnbridge.plan)
+        self.forward_on_means = True
+        self._plan: RunPlan | None = None
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -325,56 +334,100 @@ class SpikingModel(nn.Module):
         device = next((p.device for p in self.parameters()), None)
         return x.to(device) if device is not None else x
 
-    def _chunk(self, batch: int, total: int) -> int:
+    def _chunk(self, batch: int, total: int, device: torch.device) -> int:
         floor = max(1, self.lookahead)  # a site's look-ahead must fit in the first chunk
         if self.time_chunk is not None:
             return max(floor, min(int(self.time_chunk), total))
         biggest = max((math.prod(s.info.shape) for s in self.sites.values() if s.info.shape), default=0)
         if biggest == 0:
             return total
-        return max(floor, min(total, CHUNK_ELEMENTS // max(1, batch * biggest)))
+        budget = GPU_CHUNK_ELEMENTS if device.type == "cuda" else CPU_CHUNK_ELEMENTS
+        return max(floor, min(total, budget // max(1, batch * biggest)))
 
-    def run(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
-        """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included)."""
-        x = self._check_input(x)
+    @property
+    def plan(self) -> RunPlan:
+        """The prefix / body / tail graphs a run executes (rebuilt when ``graph_module`` changes)."""
+        self._plan = current_plan(self.graph_module, self._plan)
+        return self._plan
+
+    def _chunks(self, x: torch.Tensor, timesteps: int | None, graph: str, consume) -> tuple:
+        """Run the prefix once, then ``graph`` ("body" or "head") per time chunk; ``consume(t0, n, y)`` takes
+        each chunk's result. Returns the prefix's static values."""
         T = self.timesteps if timesteps is None else int(timesteps)
         if T < 1:
             raise InputError(f"timesteps must be >= 1, got {T}.")
         for check in self.timestep_checks:
             check(self, T)
+        plan = self.plan
         total = self.warmup + T
         state = self._state
         state.batch = x.shape[0]
         state.warmup = self.warmup
         for site in self.sites.values():
             site.clear_state()
-        chunk = self._chunk(x.shape[0], total)
-        outs = []
-        t0 = 0
+        chunk = self._chunk(x.shape[0], total, x.device)
+        static = plan.prefix(x)
+        step = plan.until(graph[len("until:"):]) if graph.startswith("until:") else getattr(plan, graph)
         for rec in state.recordings:
             rec.begin_run(state.warmup)
+        t0 = 0
         while t0 < total:
             n = min(chunk, total - t0)
             state.n, state.t0 = n, t0
-            y = self.graph_module(x)
-            if not isinstance(y, torch.Tensor):
-                raise InputError("the converted model must return one tensor per step.")
-            outs.append(y.view(n, x.shape[0], *y.shape[1:]))
+            consume(t0, n, step(*static))
             t0 += n
         for rec in state.recordings:
             rec.end_run()
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
+        return static
+
+    def run(self, x: torch.Tensor, timesteps: int | None = None, *, until: str | None = None) -> torch.Tensor:
+        """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included).
+
+        ``until``: stop after that site: only the layers it depends on run, and its per-step
+        output (weighted spikes, masks applied) is returned. Plugins that calibrate site by site
+        use it to skip the rest of the network (recordings of the sites that ran still work).
+        """
+        x = self._check_input(x)
+        if until is not None and until not in self._site_names:
+            raise InputError(f"the SNN has no site {until!r}; its sites are {', '.join(self._site_names)}.")
+        outs = []
+
+        def keep(t0, n, y):
+            if not isinstance(y, torch.Tensor):
+                raise InputError("the converted model must return one tensor per step.")
+            outs.append(y.view(n, x.shape[0], *y.shape[1:]))
+
+        self._chunks(x, timesteps, "body" if until is None else f"until:{until}", keep)
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """Run the pre-simulation plus T steps on the static batch ``x``; return the decoded output.
 
         The output is the mean of the last layer over the counted steps (after the decoding
-        delay, if a plugin set one).
+        delay, if a plugin set one). With ``forward_on_means`` and affine layers after the last
+        neurons, those layers run once on the mean of their inputs (same result up to rounding).
         """
-        per_step = self.run(x, timesteps)[self.warmup:]
-        return per_step[self.decode_start(per_step.shape[0]):].mean(0)
+        plan = self.plan
+        if not (self.forward_on_means and plan.tail_is_affine):
+            per_step = self.run(x, timesteps)[self.warmup:]
+            return per_step[self.decode_start(per_step.shape[0]):].mean(0)
+        x = self._check_input(x)
+        T = self.timesteps if timesteps is None else int(timesteps)
+        first = self.warmup + self.decode_start(T)  # absolute index of the first decoded step
+        sums: list = []
+
+        def accumulate(t0, n, values):
+            lo = max(first - t0, 0)
+            if lo < n:
+                parts = [v.view(n, x.shape[0], *v.shape[1:])[lo:].sum(0) for v in values]
+                sums[:] = parts if not sums else [a + b for a, b in zip(sums, parts)]
+
+        static = self._chunks(x, timesteps, "head", accumulate)
+        count = self.warmup + T - first
+        self._state.n = 1  # the tail runs once, on [B, ...] means
+        return plan.tail(*[static[i] for i in plan.tail_static], *[v / count for v in sums])
 
     def sweep(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """Decoded output after each of 1..T counted steps, ``[T, B, ...]``, from one run.

@@ -21,11 +21,14 @@ def test_stateless_layers_see_merged_time_and_batch_in_one_call(small_resnet, ca
     for name, mod in snn.graph_module.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             mod.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(i[0].shape[0]))
-    snn(test_input)
+    snn.run(test_input)
     B = test_input.shape[0]
     # the first conv acts on the static image once; every later layer sees T*B in a single call
     assert seen["conv1"] == [B]
     assert seen["conv2"] == [8 * B] and seen["conv3"] == [8 * B] and seen["head"] == [8 * B]
+    seen.clear()
+    snn(test_input)  # forward: the affine head after the last neurons runs once, on the mean over T
+    assert seen == {"conv1": [B], "conv2": [8 * B], "conv3": [8 * B], "head": [B]}
 
 
 def test_forward_equals_last_sweep_step_and_resets_itself(small_resnet, calib_batches, test_input):

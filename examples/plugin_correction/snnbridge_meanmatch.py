@@ -89,7 +89,7 @@ def snnbridge_correct_error(snn, ctx, options):
     for name in ctx.sites:  # network order: each site sees its corrected predecessors
         with torch.no_grad(), snn.record(name, keep="output") as rec:
             for x in batches:
-                snn.run(x, timesteps=T)
+                snn.run(x, timesteps=T, until=name)
         err = step_channel_means(rec[name].counted("output")) - ann[name][None]
         spec = snn.sites[name].spec
         table = spec.step_table(T, err.shape[1]) - options["alpha"] * err.cpu()
