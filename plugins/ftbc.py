@@ -75,10 +75,11 @@ def _calibrate_site(snn, name: str, x: torch.Tensor, ann: torch.Tensor, T: int, 
     table = spec.step_table(T, C)
     v = site.initial_state(drive[0])
     shape = (1, 1, C) + (1,) * (drive.dim() - 3)
+    th = spec.threshold_tensor(drive, 2)
+    target = channels.mean(ann)
     for t in range(T):
         step = drive[t:t + 1]
-        res = site.neuron.simulate(step, v)
-        e = bias_step_error(res.spikes[0] * spec.threshold_tensor(res.spikes[0], 1), ann)
+        e = channels.mean(site.neuron.simulate(step, v).weighted(th)[0]) - target  # bias_step_error, ANN mean once
         delta = alpha * e
         table[t] -= delta.detach().to("cpu", table.dtype)  # the spec's bias is added: it holds -b
         v = site.neuron.simulate(step - delta.view(shape).to(step.dtype), v).v_last  # re-fire, carry on

@@ -42,6 +42,10 @@ class SimResult:
             self._spikes = (self.output != 0).to(self.output.dtype)
         return self._spikes
 
+    def weighted(self, threshold) -> torch.Tensor:
+        """The weighted spikes ``threshold * spikes`` (``threshold`` broadcastable against them)."""
+        return self.output if self.output is not None else self.spikes * threshold
+
     def __repr__(self) -> str:
         shape = tuple((self._spikes if self._spikes is not None else self.output).shape)
         return f"SimResult(steps x state = {shape}, v_seq={'yes' if self.v_seq is not None else 'no'})"

@@ -77,9 +77,10 @@ class _RunCapture:
         self.counted_steps = 0
 
     def add(self, drive: torch.Tensor, result: "SimResult", output: torch.Tensor, counted: bool) -> None:
-        values = {"drive": drive, "spikes": result.spikes, "v": result.v_seq, "output": output}
+        values = {"drive": lambda: drive, "spikes": lambda: result.spikes, "v": lambda: result.v_seq,
+                  "output": lambda: output}  # only what is kept is computed (spikes may be derived)
         for k, parts in self.parts.items():
-            parts.append(values[k].detach())
+            parts.append(values[k]().detach())
         if counted:
             self.counted_steps += drive.shape[0]
             if "rate" in self.keep:

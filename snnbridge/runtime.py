@@ -150,7 +150,7 @@ class SpikingSite(nn.Module):
         if keep:
             self._presim.append((drive, result.spikes, result.v_seq, v_start))
         self.v = result.v_last
-        out = result.output if result.output is not None else result.spikes * self.spec.threshold_tensor(drive, 2)
+        out = result.weighted(self.spec.threshold_tensor(drive, 2))
         if self.mask is not None and not in_presim:
             out = out * self.mask
         for rec in recordings:
