@@ -179,12 +179,14 @@ class SpikingJellyLayer(NeuronLayer):
                     self.register_buffer(name, (inverse == k).nonzero().flatten(), persistent=False)
                     self.groups.append(name)
         self.nodes = nn.ModuleList(nodes)
+        #: SpikingJelly 2 choosing its kernel itself: no kernel check or mode switch per call
+        self._plain = self.generation == MODERN and kernel == "auto"
 
     # -- running ------------------------------------------------------------------------------------
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         if not self.groups:
             spikes, v_last, v_seq = self._run(self.nodes[0], x_seq, v_init, return_v)
-            return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+            return self._result(spikes, v_last, v_seq)
         if x_seq.dim() < 3:
             raise BackendError(f"a per-channel threshold needs a channel dimension, but the input steps have shape "
                                f"{tuple(x_seq.shape[1:])}.")
@@ -198,9 +200,20 @@ class SpikingJellyLayer(NeuronLayer):
             v_last.index_copy_(1, idx, v.to(v_last.dtype))
             if v_seq is not None:
                 v_seq.index_copy_(2, idx, vs.to(v_seq.dtype))
-        return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+        return self._result(spikes, v_last, v_seq)
+
+    def _result(self, spikes, v_last, v_seq) -> SimResult:
+        """Outside autograd, scale SpikingJelly's fresh spike tensor in place into the weighted spikes the
+        runtime passes on (one allocation and one pass fewer); with gradients, keep the spikes."""
+        if torch.is_grad_enabled() and spikes.requires_grad:
+            return SimResult(spikes=spikes, v_last=v_last, v_seq=v_seq)
+        th = self.spec.threshold_tensor(spikes, 2)
+        return SimResult(output=spikes.mul_(th), v_last=v_last, v_seq=v_seq)
 
     def _run(self, node, x_seq, v_init, return_v):
+        if self._plain and not return_v and node.step_mode == "m":  # the common case, with nothing to check
+            node.v = v_init
+            return node(x_seq), node.v, None
         self._check_device_kernel(node, x_seq)
         cupy = self.generation == LEGACY and getattr(node, "backend", "torch") == "cupy"
         was_training = node.training
@@ -209,12 +222,14 @@ class SpikingJellyLayer(NeuronLayer):
         try:
             node.v = v_init  # full shape: kept as the initial state (a broadcast shape would be zeroed)
             if node.step_mode == "m":
-                node.store_v_seq = bool(return_v)
+                user = node.store_v_seq  # the user's own setting is kept (monitors read v_seq)
+                if return_v and not user:
+                    node.store_v_seq = True
                 spikes = node(x_seq)
                 v_seq = node.v_seq if return_v else None
-                node.store_v_seq = False
+                if return_v and not user:
+                    node.store_v_seq = False
             else:  # functional.set_step_mode(net, 's'): drive the same neuron one step at a time
-                node.store_v_seq = False
                 steps, volts = [], []
                 for t in range(x_seq.shape[0]):
                     steps.append(node(x_seq[t]))

@@ -39,9 +39,16 @@ _NOT_AFFINE_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
 _STRUCTURAL = {operator.getitem, getattr}
 
 
-def _key(gm: fx.GraphModule) -> tuple:
-    """What a plan depends on: the generated code and the identity of every called submodule."""
-    return (gm.code, tuple(id(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"))
+def _module_slots(gm: fx.GraphModule) -> list[tuple[dict, str, nn.Module]]:
+    """(parent's module dict, attribute, module) of every called submodule: a replaced module is seen at once."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            parent, _, leaf = str(n.target).rpartition(".")
+            owner = gm.get_submodule(parent) if parent else gm
+            out.append((owner._modules, leaf, owner._modules[leaf]))
+    return out
+
 
 
 def _affine(node: fx.Node, gm: fx.GraphModule) -> bool:
@@ -69,7 +76,8 @@ class RunPlan:
     """
 
     def __init__(self, gm: fx.GraphModule):
-        self.key = _key(gm)
+        self.code = gm.code
+        self.slots = _module_slots(gm)
         self._gm = gm
         self._until: dict[str, fx.GraphModule] = {}
         nodes = list(gm.graph.nodes)
@@ -156,6 +164,9 @@ class RunPlan:
 
 
 def current_plan(gm: fx.GraphModule, plan: RunPlan | None) -> RunPlan:
-    """``plan`` if it still matches ``gm``, else a new one."""
-    return plan if plan is not None and plan.key == _key(gm) else RunPlan(gm)
+    """``plan`` if it still matches ``gm`` (same code, same submodule objects), else a new one."""
+    if plan is not None and plan._gm is gm and plan.code is gm.code and all(
+            slots.get(leaf) is module for slots, leaf, module in plan.slots):
+        return plan
+    return RunPlan(gm)
 

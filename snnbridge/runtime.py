@@ -112,14 +112,13 @@ class SpikingSite(nn.Module):
                 v0 = adj.v0
             if adj.mask is not None:
                 mask = adj.mask if mask is None else mask * adj.mask
-        self.v, self.mask = v0, mask
+        self._set(v=v0, mask=mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_seq = self.sequence(x)
         t0, W = self._state.t0, self._state.warmup
         if t0 == 0 or self.v is None:
-            self.v = self.initial_state(x_seq[0])
-            self.mask, self._presim = None, []
+            self._set(v=self.initial_state(x_seq[0]), mask=None, _presim=[])
         if t0 < W < t0 + x_seq.shape[0]:
             split = W - t0
             out = torch.cat([self._run(x_seq[:split], t0), self._run(x_seq[split:], W)], 0)
@@ -132,7 +131,7 @@ class SpikingSite(nn.Module):
         if self.corrections and W > 0 and start == W:
             drive, spikes, v_seq = (torch.cat([p[i] for p in self._presim], 0) for i in range(3))
             self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], self.spec.threshold_tensor(spikes[0], 1)))
-            self._presim = []
+            self._set(_presim=[])
         look = self.lookahead
         if look and start == 0:
             if seq.shape[0] < look:
@@ -149,7 +148,7 @@ class SpikingSite(nn.Module):
         result = self.neuron.simulate(drive, self.v, return_v=keep or any(r.wants_v for r in recordings))
         if keep:
             self._presim.append((drive, result.spikes, result.v_seq, v_start))
-        self.v = result.v_last
+        self._set(v=result.v_last)
         out = result.weighted(self.spec.threshold_tensor(drive, 2))
         if self.mask is not None and not in_presim:
             out = out * self.mask
@@ -164,7 +163,11 @@ class SpikingSite(nn.Module):
         that has one (and warns for non-SpikingJelly modules); the genuine neurons inside
         the backend layer are what it should reset.
         """
-        self.v, self.mask, self._presim = None, None, []
+        self._set(v=None, mask=None, _presim=[])
+
+    def _set(self, **state) -> None:
+        """Update the run state (plain attributes: nn.Module's __setattr__ checks are not needed per step)."""
+        self.__dict__.update(state)
 
     def extra_repr(self) -> str:
         return f"{self.info.name} ({self.info.kind})"
@@ -258,7 +261,15 @@ class SpikingModel(nn.Module):
     # -- access -----------------------------------------------------------------------------------------
     @property
     def sites(self) -> dict[str, SpikingSite]:
+        """name -> :class:`SpikingSite`, in network order."""
         return {n: self.graph_module.get_submodule(site_attr(n)) for n in self._site_names}
+
+    def _presim_steps(self, sites) -> tuple[int, int]:
+        """(network warm-up steps, per-site look-ahead steps) asked for by the sites' corrections."""
+        corrections = [c for s in sites for c in s.corrections]
+        if any(c.scope == "network" for c in corrections):
+            return max(c.presim_steps for c in corrections), 0
+        return 0, max((c.presim_steps for c in corrections), default=0)
 
     @property
     def specs(self) -> dict[str, NeuronSpec]:
@@ -274,17 +285,12 @@ class SpikingModel(nn.Module):
     @property
     def warmup(self) -> int:
         """Uncounted network-wide pre-simulation steps (the largest a network-scoped correction asks for)."""
-        corrections = [c for s in self.sites.values() for c in s.corrections]
-        if any(c.scope == "network" for c in corrections):
-            return max(c.presim_steps for c in corrections)
-        return 0
+        return self._presim_steps(self.sites.values())[0]
 
     @property
     def lookahead(self) -> int:
         """The largest per-site look-ahead pre-simulation (layer-scoped corrections without a warm-up)."""
-        if self.warmup:
-            return 0
-        return max((c.presim_steps for s in self.sites.values() for c in s.corrections), default=0)
+        return self._presim_steps(self.sites.values())[1]
 
     def steps_for(self, timesteps: int | None = None) -> int:
         """Steps actually simulated for T counted steps: warm-up or look-ahead pre-simulation plus T."""
@@ -334,11 +340,11 @@ class SpikingModel(nn.Module):
         device = next((p.device for p in self.parameters()), None)
         return x.to(device) if device is not None else x
 
-    def _chunk(self, batch: int, total: int, device: torch.device) -> int:
-        floor = max(1, self.lookahead)  # a site's look-ahead must fit in the first chunk
+    def _chunk(self, sites, lookahead: int, batch: int, total: int, device: torch.device) -> int:
+        floor = max(1, lookahead)  # a site's look-ahead must fit in the first chunk
         if self.time_chunk is not None:
             return max(floor, min(int(self.time_chunk), total))
-        biggest = max((math.prod(s.info.shape) for s in self.sites.values() if s.info.shape), default=0)
+        biggest = max((math.prod(s.info.shape) for s in sites if s.info.shape), default=0)
         if biggest == 0:
             return total
         budget = GPU_CHUNK_ELEMENTS if device.type == "cuda" else CPU_CHUNK_ELEMENTS
@@ -347,8 +353,10 @@ class SpikingModel(nn.Module):
     @property
     def plan(self) -> RunPlan:
         """The prefix / body / tail graphs a run executes (rebuilt when ``graph_module`` changes)."""
-        self._plan = current_plan(self.graph_module, self._plan)
-        return self._plan
+        plan = current_plan(self.graph_module, self._plan)
+        if plan is not self._plan:
+            self._plan = plan
+        return plan
 
     def _chunks(self, x: torch.Tensor, timesteps: int | None, graph: str, consume) -> tuple:
         """Run the prefix once, then ``graph`` ("body" or "head") per time chunk; ``consume(t0, n, y)`` takes
@@ -359,13 +367,15 @@ class SpikingModel(nn.Module):
         for check in self.timestep_checks:
             check(self, T)
         plan = self.plan
-        total = self.warmup + T
+        sites = list(self.sites.values())
+        warmup, lookahead = self._presim_steps(sites)
+        total = warmup + T
         state = self._state
         state.batch = x.shape[0]
-        state.warmup = self.warmup
-        for site in self.sites.values():
+        state.warmup = warmup
+        for site in sites:
             site.clear_state()
-        chunk = self._chunk(x.shape[0], total, x.device)
+        chunk = self._chunk(sites, lookahead, x.shape[0], total, x.device)
         static = plan.prefix(x)
         step = plan.until(graph[len("until:"):]) if graph.startswith("until:") else getattr(plan, graph)
         for rec in state.recordings:
@@ -415,7 +425,8 @@ class SpikingModel(nn.Module):
             return per_step[self.decode_start(per_step.shape[0]):].mean(0)
         x = self._check_input(x)
         T = self.timesteps if timesteps is None else int(timesteps)
-        first = self.warmup + self.decode_start(T)  # absolute index of the first decoded step
+        warmup = self.warmup
+        first = warmup + self.decode_start(T)  # absolute index of the first decoded step
         sums: list = []
 
         def accumulate(t0, n, values):
@@ -425,7 +436,7 @@ class SpikingModel(nn.Module):
                 sums[:] = parts if not sums else [a + b for a, b in zip(sums, parts)]
 
         static = self._chunks(x, timesteps, "head", accumulate)
-        count = self.warmup + T - first
+        count = warmup + T - first
         self._state.n = 1  # the tail runs once, on [B, ...] means
         return plan.tail(*[static[i] for i in plan.tail_static], *[v / count for v in sums])
 
