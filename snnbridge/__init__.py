@@ -20,7 +20,7 @@ from .corrections import (Adjustment, DecodeWindow, PresimRecord, SiteCorrection
 from .diagnose import layer_report
 from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError, OptionError,
                      PluginConflictError, PluginError, PluginLoadError, RecipeParseError, SnnbridgeError,
-                     UnknownPluginError, UnsupportedModelError)
+                     SnnFileError, UnknownPluginError, UnsupportedModelError)
 from .evaluate import accuracy_curve, ann_accuracy
 from .factory import NeuronFactory, make_neuron_factory
 from .feeding import Feed
@@ -64,6 +64,6 @@ __all__ = [
     # errors
     "SnnbridgeError", "PluginLoadError", "PluginError", "UnknownPluginError", "OptionError", "PluginConflictError",
     "MissingRequirementError", "RecipeParseError", "UnsupportedModelError", "InputError", "CalibrationError",
-    "BackendError", "ModelLoadError",
+    "BackendError", "ModelLoadError", "SnnFileError",
     "__version__",
 ]

@@ -481,9 +481,18 @@ def _convert(args, setup: _Setup, device, progress: bool):
         raise CliError(f"the model failed on inputs shaped {list(shape)}: {_first_line(exc)}. Check that the data "
                        "(--image-size, --mean/--std, grey-scale or RGB) matches what the model was trained on; "
                        "--debug shows the traceback.") from exc
+    snn.architecture = _architecture_ref(setup.model_spec)
     metadata = {"model": setup.model_spec, "checkpoint": setup.checkpoint, "config": setup.config_path,
                 "data": norm, "classes": classes, "calibration": calib_desc}
     return snn, ann, metadata
+
+
+def _architecture_ref(spec: str) -> str:
+    """``--model`` as the saved SNN records it: a file path made absolute (loading works from any folder)."""
+    module, _, attr = spec.rpartition(":")
+    if module.endswith(".py") or "/" in module or os.sep in module:
+        return f"{Path(module).resolve()}:{attr}"
+    return spec
 
 
 def _presim_text(snn) -> str:

@@ -117,7 +117,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
                                       f"or None, got {type(new).__name__}.")
                 specs[name] = new
 
-    report = {"recipe": rec.to_list(), "backend": factory.backend, "timesteps": timesteps, "graph": graph.report,
+    report = {"recipe": rec.to_list(), "backend": factory.backend, "timesteps": timesteps,
+              "model_class": f"{type(model).__module__}.{type(model).__qualname__}", "graph": graph.report,
               "sites": {n: {"kind": i.kind, "shape": list(i.shape) if i.shape else None, "pre_pool": i.pre_pool}
                         for n, i in graph.sites.items()}}
     snn = SpikingModel.build(graph, specs, factory, timesteps=timesteps, input_shape=ctx.input_shape,

@@ -1,6 +1,6 @@
 """The public correction API: what a plugin attaches to a converted SNN at ``snnbridge_correct_error``.
 
-Three kinds of attachment, all plain, picklable objects (a saved SNN keeps them):
+Three kinds of attachment; :func:`snnbridge.save` keeps them as plain data (see :class:`Savable`):
 
 * :class:`SiteCorrection` - a per-input correction of one site's neurons, decided from a short
   pre-simulation. ``adjust`` receives a :class:`PresimRecord` and returns an
@@ -42,6 +42,43 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import SpikingSite
 
 SCOPES = ("layer", "network")
+_SAVABLE: dict[str, type] = {}
+
+
+def class_ref(cls: type) -> str:
+    """``module:QualName`` of a class: how a saved SNN names the class of an attachment."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class Savable:
+    """An object a saved SNN keeps as plain data: its class reference plus :meth:`state_dict`.
+
+    Loading never unpickles: it looks the class up among the :class:`Savable` subclasses
+    already imported (every plugin of the file's recipe is imported first), then calls
+    :meth:`from_state_dict`. The defaults store the instance attributes, which must be
+    numbers, strings, ``None``, tensors, or lists/tuples/dicts of those; override both
+    methods for anything else.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _SAVABLE[class_ref(cls)] = cls
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plain data that rebuilds this object (default: its instance attributes)."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]):
+        """Rebuild an object from :meth:`state_dict` (default: set the attributes, ``__init__`` not called)."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(state)
+        return obj
+
+
+def savable_class(ref: str) -> type | None:
+    """The imported :class:`Savable` subclass named ``ref`` (``module:QualName``), or None."""
+    return _SAVABLE.get(ref)
 MISMATCH_POLICIES = ("warn", "error", "ignore")
 
 
@@ -75,12 +112,13 @@ class Adjustment:
     mask: torch.Tensor | None = None
 
 
-class SiteCorrection:
+class SiteCorrection(Savable):
     """Base class of per-input corrections (see the module docstring).
 
     Subclasses set ``presim_steps`` (>= 1) and ``scope`` (``"layer"`` or ``"network"``) and
-    implement :meth:`adjust`. Keep subclasses at module level (not inside functions) so that
-    a converted SNN holding them can be saved.
+    implement :meth:`adjust`. A saved SNN stores the instance attributes (plain data, see
+    :class:`Savable`); keep subclasses at module level in an importable module (a plugin)
+    so that loading finds the class.
     """
 
     presim_steps: int = 0
@@ -126,7 +164,7 @@ class TimestepMismatchWarning(UserWarning):
     """A T-specific correction (calibrated for one T) is run for another T."""
 
 
-class TimestepCheck:
+class TimestepCheck(Savable):
     """``snn.timestep_checks`` entry: ``plugin``'s corrections hold for ``timesteps`` counted steps only.
 
     ``policy``: ``"warn"`` (a :class:`TimestepMismatchWarning`), ``"error"`` (an

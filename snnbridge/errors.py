@@ -63,6 +63,10 @@ class ModelLoadError(SnnbridgeError):
     """A model factory (``module:factory``) or a checkpoint cannot be imported, built or loaded."""
 
 
+class SnnFileError(SnnbridgeError):
+    """A saved-SNN file is missing, unreadable, from an incompatible version, or does not fit the given model."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return a ' Did you mean ...?' suffix naming the closest choices, or '' if none is close."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)

@@ -182,7 +182,8 @@ class SpikingModel(nn.Module):
     ``backend``, which SpikingJelly's ``set_backend`` would take for its own),
     ``timestep_checks`` (:class:`~snnbridge.corrections.TimestepCheck` objects run before
     each run), ``time_chunk`` (steps per chunk, None = automatic), ``recipe`` (plain data),
-    ``report`` (conversion report), ``sites`` (name -> :class:`SpikingSite`).
+    ``report`` (conversion report), ``sites`` (name -> :class:`SpikingSite`), ``architecture``
+    (the ANN's ``module:factory`` when known, for :func:`snnbridge.load`).
     """
 
     def __init__(self, graph: fx.GraphModule, sites: dict[str, SpikingSite], state: RunState, *,
@@ -202,6 +203,8 @@ class SpikingModel(nn.Module):
         self.backend_name = getattr(factory, "backend", "?")
         self.recipe = recipe or []
         self.report = report or {}
+        #: how to rebuild the ANN's architecture (``module:factory``) when known; kept by snnbridge.save
+        self.architecture: str | None = None
         #: ``forward`` runs the affine layers after the last neurons once, on the mean of their inputs
         #: over the decoded steps (equal to the per-step path up to float rounding; see snnbridge.plan)
         self.forward_on_means = True

@@ -121,7 +121,7 @@ def test_delay_survives_save_and_load(tmp_path):
     x = torch.rand(16, 1)
     snn = snnbridge.convert(_relu_head(), [{"ltb": {"delay": 3}}], calibration=[x], timesteps=8, progress=False)
     snnbridge.save(snn, tmp_path / "ltb.pt")
-    back = snnbridge.load(tmp_path / "ltb.pt")
+    back = snnbridge.load(tmp_path / "ltb.pt", model=_relu_head)
     assert back.decode_window.start(8) == 3
     torch.testing.assert_close(back(x), snn(x))
 
