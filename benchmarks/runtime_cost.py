@@ -76,7 +76,9 @@ def _rss_kb(field: str) -> int | None:
 
 
 def peak_mb(fn, device) -> float | None:
-    """Extra peak memory of one call of ``fn`` (MB): CUDA allocator peak, or Linux VmHWM above the RSS before."""
+    """Extra peak memory of one call of ``fn`` (MB): the CUDA allocator's peak, or on Linux the resident
+    high-water mark above the resident set before the call (meaningful in a fresh process only: a warm
+    allocator reuses freed memory, see ``peak_in_subprocess``)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -92,6 +94,39 @@ def peak_mb(fn, device) -> float | None:
     fn()
     after = _rss_kb("VmHWM")
     return None if before is None or after is None else max(0, after - before) / 1024
+
+
+def peak_in_subprocess(net: str, impl: str, T: int, B: int, device: str, threads: int) -> float | None:
+    """``peak_mb`` of the first run of ``impl`` in a fresh Python process (the allocator has nothing to reuse)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--measure-peak", f"{net},{impl},{T},{B}", "--device", device,
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_MB ")]
+    return json.loads(lines[-1][8:]) if proc.returncode == 0 and lines else None
+
+
+def _measure_peak(spec: str, device) -> None:
+    net, impl, T, B = spec.split(",")
+    T, B = int(T), int(B)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    ann = NETWORKS[net]().eval().to(device)
+    calib = [torch.rand(32, 3, 32, 32, generator=g).to(device) for _ in range(2)]
+    x = torch.rand(B, 3, 32, 32, generator=g).to(device)
+    with torch.no_grad():
+        if impl == "ANN":
+            fn = lambda: ann(x)  # noqa: E731
+        elif impl.startswith("snnbridge/"):
+            b = impl.removeprefix("snnbridge/")
+            snn = snnbridge.convert(ann, ["maxnorm"], calibration=calib, backend=b.split("+")[0], timesteps=T,
+                                    progress=False, backend_options={"compile": True} if b.endswith("+compile") else None)
+            fn = lambda: snn(x)  # noqa: E731
+        else:
+            fn = sj_runner(spikingjelly_model(ann, calib), x, T, "s" if "single" in impl else "m")
+        print("PEAK_MB " + json.dumps(peak_mb(fn, device)), flush=True)
 
 
 def spikingjelly_model(ann, calib):
@@ -148,7 +183,8 @@ def runtime_grid(args, device) -> list[dict]:
                     for _ in range(args.rounds):  # interleaved: every implementation sees the same machine state
                         for name, fn in impls.items():
                             times[name] = min(times.get(name, float("inf")), best_time(fn, args.repeats, device))
-                    memory = {name: peak_mb(fn, device) for name, fn in impls.items()}
+                    memory = ({name: peak_in_subprocess(net_name, name, T, B, args.device, args.threads)
+                               for name in impls} if args.memory else {name: None for name in impls})
                 sj_best = min(times["SJ single-step"], times["SJ multi-step"])
                 for name, t in times.items():
                     row = {"network": net_name, "T": T, "batch": B, "impl": name, "seconds": t,
@@ -256,7 +292,13 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
+    p.add_argument("--measure-peak", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.measure_peak:
+        torch.set_num_threads(args.threads)
+        _measure_peak(args.measure_peak, torch.device(args.device))
+        return
     if args.quick:
         args.networks, args.timesteps, args.batches, args.recipes = ["small_vgg"], [8], [1, 32], []
     torch.set_num_threads(args.threads)
