@@ -82,7 +82,8 @@ SUGGESTIONS = {
     "softmax": "apply softmax to the SNN's decoded output instead of inside the model",
     "log_softmax": "apply log_softmax to the SNN's decoded output instead of inside the model",
     "elu": "retrain with nn.ReLU",
-    "mul": "elementwise products of two signals are not linear; only scaling by a constant is supported",
+    "mul": ("products of two signals (e.g. a squeeze-and-excitation gate x * scale(x)) are not linear; remove the "
+            "gate, or scale by a constant only"),
     "matmul": "products of two activations (attention) are not supported by rate conversion; use a CNN/MLP",
     "layer_norm": "LayerNorm normalises per sample and step; use BatchNorm (foldable) instead",
     "group_norm": "GroupNorm normalises per sample and step; use BatchNorm (foldable) instead",
@@ -90,11 +91,19 @@ SUGGESTIONS = {
 }
 
 
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_NORMED = {_norm(k): v for k, v in SUGGESTIONS.items()}
+
+
 def _suggest(key: str) -> str:
-    key = key.lower()
-    for k, v in SUGGESTIONS.items():
-        if k in key:
-            return v
+    """The rewrite suggested for an op: the longest known name it contains (``hardsigmoid`` before ``sigmoid``)."""
+    key = _norm(key)
+    found = [k for k in _NORMED if k in key]
+    if found:
+        return _NORMED[max(found, key=len)]
     return ("rewrite it with supported layers (Conv/Linear/BatchNorm/pooling/ReLU/add/cat/flatten), or "
             "wrap it in a plugin that claims it as an activation (hook snnbridge_claim_module)")
 
@@ -413,8 +422,8 @@ def _dims_touch_batch(node: fx.Node) -> bool:
     return 0 in dims
 
 
-def _check_call(node: fx.Node) -> str | None:
-    """What is wrong with a ``call_function``/``call_method`` node, or None if the runtime can run it."""
+def _check_call(node: fx.Node) -> tuple[str, str] | None:
+    """``(op, what is wrong -> the fix)`` for a ``call_function``/``call_method`` node the runtime cannot run, or None."""
     if node.op == "call_function":
         name = getattr(node.target, "__name__", str(node.target))
         label, scalar_ok, linear_ok = name, node.target in SCALAR_FUNCTIONS, node.target in LINEAR_FUNCTIONS
@@ -425,37 +434,46 @@ def _check_call(node: fx.Node) -> str | None:
         kind = "method"
     if scalar_ok:
         if sum(_is_tensorish(a) for a in node.args) >= 2:
-            return f"{label} of two signals -> {_suggest('mul')}"
+            return f"{label} of two signals", _suggest("mul")
         return None
     if linear_ok:
         if name in DIM0_SENSITIVE and _dims_touch_batch(node):
-            return (f"{label} over dimension 0 mixes samples and time steps -> operate on dimensions >= 1 only "
+            return (f"{label} over dimension 0", "it mixes samples and time steps; operate on dimensions >= 1 only "
                     "(dimension 0 is the batch)")
         return None
-    return f"{kind} {label} is not supported -> {_suggest(name)}"
+    return f"{kind} {label}", _suggest(name)
+
+
+def _where(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
 
 
 def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
-    problems: list[str] = []
+    """Refuse the model, listing every unsupported op once with where it occurs and one suggested rewrite."""
+    groups: dict[tuple[str, str], list[str]] = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
-        where = f"node {node.name!r} ({node.format_node()})"
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             if isinstance(m, (ActivationSite,) + STATELESS_MODULES):
                 continue
-            problems.append(f"{where}: module type {type(m).__name__} is not supported -> {_suggest(type(m).__name__)}")
+            found: tuple[str, str] | None = (f"module {type(m).__name__}", _suggest(type(m).__name__))
         else:
-            problem = _check_call(node)
-            if problem:
-                problems.append(f"{where}: {problem}")
+            found = _check_call(node)
+        if found:
+            groups.setdefault(found, []).append(_where(node))
+    problems = []
+    for (op, fix), places in groups.items():
+        shown = ", ".join(places[:4]) + (f" and {len(places) - 4} more" if len(places) > 4 else "")
+        problems.append(f"{op} ({len(places)}x: {shown}) -> {fix}")
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     if outputs and not isinstance(outputs[0].args[0], fx.Node):
         problems.append("the model returns a tuple/dict; snnbridge decodes a single output tensor -> return one tensor "
                         "(e.g. the logits) from forward")
     if problems:
         lines = "\n  - ".join(problems)
+        count = sum(len(p) for p in groups.values())
         raise UnsupportedModelError(
-            f"the model has {len(problems)} operation(s) that cannot be converted to spiking neurons:\n  - {lines}\n"
-            "Nothing was converted. Fix each listed node (the suggestion follows '->') and convert again.")
+            f"the model has {count} operation(s) of {len(problems)} kind(s) that cannot be converted to spiking "
+            f"neurons:\n  - {lines}\nNothing was converted. Apply the rewrite after each '->' and convert again.")

@@ -35,3 +35,16 @@ def test_torchvision_models_convert_and_run(factory, expect):
         snn(data[0][:2])
     rates = {name: rec[name].spikes.mean().item() for name in ends}
     assert all(r > 0 for r in rates.values()), rates
+
+
+def test_unsupported_ops_are_grouped_with_one_rewrite_each():
+    """mobilenet_v3_small: Hardswish, Hardsigmoid and SE products, each named once with where it occurs."""
+    with pytest.raises(snnbridge.UnsupportedModelError) as err:
+        snnbridge.trace_for_conversion(torchvision.models.mobilenet_v3_small())
+    msg = str(err.value)
+    lines = [line for line in msg.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 3, msg
+    assert "of 3 kind(s)" in msg and "Hardswish (19x: features.0.2" in msg and "and 15 more" in msg
+    hardsigmoid = next(line for line in lines if "Hardsigmoid" in line)
+    assert "Hardtanh(0, 1)" in hardsigmoid and "sigmoid is not piecewise" not in hardsigmoid  # no substring mix-up
+    assert any("mul of two signals" in line and "squeeze-and-excitation" in line for line in lines)
