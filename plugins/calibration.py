@@ -33,7 +33,6 @@ import math
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from snnbridge import (EMAMaxObserver, EMAObserver, MeanObserver, Option, PluginConflictError, PluginInfo, channels,
                        hookimpl)
@@ -218,8 +217,8 @@ def _bias_correct(snn, name: str, err: torch.Tensor, T: int, notes: list) -> str
 def _bc_pc(snn, ctx, options, T: int, do_bc: bool, do_pc: bool, notes: list) -> None:
     batches = ctx.take(options["samples"], desc="calibration: BC/PC images")
     ann = ctx.collect(MeanObserver(per_position=True), batches=batches)
-    bar = tqdm(list(ctx.sites), desc=f"calibration: {'BC' if do_bc else ''}{'+' if do_bc and do_pc else ''}"
-               f"{'PC' if do_pc else ''}", unit="site", disable=not ctx.progress, leave=False)
+    bar = ctx.progress_bar(list(ctx.sites), desc=f"calibration: {'BC' if do_bc else ''}{'+' if do_bc and do_pc else ''}"
+                           f"{'PC' if do_pc else ''}", unit="site")
     for name in bar:
         if do_bc:
             diff = _snn_rates(snn, name, batches, T) - ann[name]
@@ -288,8 +287,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.0)
     n = xbar.shape[0]
     first = last = None
-    bar = tqdm(range(iters), desc=f"calibration: WC {name}", unit="it", disable=not ctx.progress, leave=False,
-               mininterval=0.5)
+    bar = ctx.progress_bar(range(iters), desc=f"calibration: WC {name}", unit="it")
     for _ in bar:
         idx = torch.randperm(n, generator=gen)[: options["wc_batch"]].to(xbar.device)
         z = drive_of(weight, xbar[idx]) + rest[idx]

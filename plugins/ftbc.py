@@ -28,7 +28,6 @@ the output MSE against the ANN instead. More in docs/methods.md.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from snnbridge import InputError, Option, PluginInfo, channels, hookimpl
 
@@ -116,8 +115,7 @@ def snnbridge_correct_error(snn, ctx, options):
     best = None
     if hold:
         best = (_score(snn, ctx, held, T), 0, {n: snn.sites[n].spec for n in names})
-    bar = tqdm(total=n_iter * len(batches) * len(names), desc="ftbc: temporal biases", unit="site",
-               disable=not ctx.progress, leave=False)
+    bar = ctx.progress_bar(desc="ftbc: temporal biases", total=n_iter * len(batches) * len(names), unit="site")
     for it in range(n_iter):
         for x, ann in zip(batches, anns):
             for name in names:

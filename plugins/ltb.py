@@ -32,7 +32,6 @@ import math
 from itertools import count
 
 import torch
-from tqdm.auto import tqdm
 
 from snnbridge import DecodeWindow, Option, PluginInfo, channels, hookimpl
 
@@ -97,7 +96,7 @@ def snnbridge_estimate_threshold(ctx, options):
             for x in ctx.batches(desc="ltb: threshold balancing"):
                 ctx.ann(x)
         else:
-            bar = tqdm(total=K, desc="ltb: threshold balancing", unit="batch", disable=not ctx.progress, leave=False)
+            bar = ctx.progress_bar(desc="ltb: threshold balancing", total=K, unit="batch")
             done = 0
             for _ in count():
                 for x in ctx.batches(desc="ltb: pass over calibration data", limit=K - done):

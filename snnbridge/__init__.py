@@ -20,7 +20,7 @@ from .corrections import (Adjustment, DecodeWindow, PresimRecord, SiteCorrection
 from .diagnose import layer_report
 from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError, OptionError,
                      PluginConflictError, PluginError, PluginLoadError, RecipeParseError, SnnbridgeError,
-                     SnnFileError, UnknownPluginError, UnsupportedModelError)
+                     SnnFileError, TimestepError, UnknownPluginError, UnsupportedModelError)
 from .evaluate import accuracy_curve, ann_accuracy
 from .factory import NeuronFactory, make_neuron_factory
 from .feeding import Feed
@@ -36,7 +36,7 @@ from .plugin import CAPABILITIES, PluginInfo
 from .plugin_manager import PluginLoadWarning, get_registry
 from .prepare import prepare
 from .recipe import DataConfig, Recipe, RecipeEntry, RunConfig, build_recipe, load_config, parse_config
-from .recording import Recording, SiteTrace
+from .recording import Recording, SiteTrace, record
 from .runtime import SpikingModel, SpikingSite
 from .simulation import simulate
 from .sites import SiteInfo
@@ -51,7 +51,7 @@ PreparedGraph = ConversionGraph
 __all__ = [
     # conversion and running
     "convert", "prepare", "simulate", "trace_for_conversion", "ConversionGraph", "SpikingModel", "SpikingSite",
-    "save", "load", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy", "plot_layer_report",
+    "save", "load", "record", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy", "plot_layer_report",
     # recipes and plugins
     "build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig", "DataConfig",
     "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option", "PluginLoadWarning",
@@ -64,6 +64,6 @@ __all__ = [
     # errors
     "SnnbridgeError", "PluginLoadError", "PluginError", "UnknownPluginError", "OptionError", "PluginConflictError",
     "MissingRequirementError", "RecipeParseError", "UnsupportedModelError", "InputError", "CalibrationError",
-    "BackendError", "ModelLoadError", "SnnFileError",
+    "BackendError", "ModelLoadError", "SnnFileError", "TimestepError",
     "__version__",
 ]

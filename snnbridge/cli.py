@@ -1,8 +1,13 @@
 """The ``snnbridge`` command line: list plugins, convert an ANN, evaluate an SNN.
 
     snnbridge plugins [--json] [--all] [NAME ...]
-    snnbridge convert --config recipe.yaml --model module:factory [--checkpoint ann.pt] --data DATA --out snn.pt
-    snnbridge evaluate --snn snn.pt --data DATA [--timesteps 1,2,4,8,16,32] [--json out.json] [--plot out.png]
+    snnbridge convert --config recipe.yaml --model module:factory (--checkpoint ann.pt | --random-init) --data DATA
+                      --out snn.pt [--timesteps T]
+    snnbridge evaluate --snn snn.pt --data DATA [--report-timesteps 1,2,4,8,16,32] [--json out.json] [--plot out.png]
+
+A flag means the same in every command: ``--timesteps``/``-T`` is the T an SNN is converted
+for; ``--report-timesteps`` the T values ``evaluate`` reports. Every ``convert`` and
+``evaluate`` run writes a run record (:mod:`snnbridge.runrecord`) next to its results.
 
 Every user error (missing file, bad config, unknown plugin or option, ...) prints
 ``snnbridge: error: <message>`` to stderr and exits with status 2; ``--debug`` shows the
@@ -44,13 +49,13 @@ examples:
   snnbridge plugins
 
   # convert: build the ANN with module:factory, load its weights, calibrate on 512 random
-  # training images, and save the SNN
+  # training images, and save the SNN (and snn.run.json: how to repeat this run exactly)
   snnbridge convert --config recipe.yaml --model examples.cifar10.model:make_model \\
-      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --out snn.pt
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 32 --out snn.pt
 
   # accuracy vs number of time steps T (one simulation per batch), with a JSON and a plot
   snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 \\
-      --timesteps 1,2,4,8,16,32 --json acc.json --plot acc.png
+      --report-timesteps 1,2,4,8,16,32 --json acc.json --plot acc.png
 """
 
 _EPILOG = """\
@@ -80,9 +85,13 @@ Convert an ANN into an SNN with a recipe file and save it (snnbridge.save format
 
 The ANN is built by importing MODULE and calling FACTORY() (the current directory is
 importable; MODULE may also be a path to a .py file), then its weights are loaded from
---checkpoint (a state_dict, or a dict with a 'model' or 'state_dict' entry). Calibration
-images are a seeded random sample from --data: an image folder (<class>/<image>) or a
-.tar/.tar.gz of one; a train/ split is used when there is one. Flags override the config.
+--checkpoint (a state_dict, or a dict with a 'model' or 'state_dict' entry; required, or
+'checkpoint:' in the config, or --random-init to convert the untrained model on purpose).
+Calibration images are a seeded random sample from --data: an image folder (<class>/<image>)
+or a .tar/.tar.gz of one; a train/ split is used when there is one. Flags override the config.
+Next to --out (snn.pt) goes snn.run.json: the command line, the resolved recipe, seeds, the
+calibration image indices, data and normalisation, the checkpoint's sha256, backend, T and
+package versions. The same command on the same data gives the same SNN, bit for bit.
 
 example:
   snnbridge convert --config recipe.yaml --model examples.cifar10.model:make_model \\
@@ -94,13 +103,18 @@ Accuracy vs number of time steps T on an image folder. One simulation per batch 
 largest T gives the accuracy at every requested T (the running mean of the output). The
 SNN comes from --snn (saved by `snnbridge convert`), or is converted on the fly from
 --config/--model/--checkpoint (calibrating on the train split of --data). When the ANN is
-given (--model), its accuracy is shown too. 'steps run' counts the uncounted warm-up steps
-some methods simulate before the T counted ones.
+given (--model, with --checkpoint), its accuracy is shown too. 'steps run' counts the
+uncounted warm-up steps some methods simulate before the T counted ones. --timesteps is the
+conversion T (as in `snnbridge convert`); --report-timesteps the T values reported. An SNN
+with T-specific corrections (per-step tables, e.g. ftbc) cannot report past the T it was
+calibrated for: convert with that T. Next to --json / --plot goes <name>.run.json (with
+--json - the record is the "run" entry of the printed JSON).
 
 examples:
   snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 --plot acc.png
   snnbridge evaluate --config recipe.yaml --model examples.cifar10.model:make_model \\
-      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 1,2,4,8,16,32 --json acc.json
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 32 \\
+      --report-timesteps 1,2,4,8,16,32 --json acc.json
 """
 
 
@@ -121,14 +135,18 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
                    "entry")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint holding arbitrary Python objects (full pickle: only for files you trust)")
+    p.add_argument("--random-init", action="store_true",
+                   help="use the model as FACTORY() builds it, without a checkpoint (its random initialisation: for "
+                        "tests and timing); without this flag a checkpoint is required")
 
 
 def _add_conversion_options(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
     g = p.add_argument_group("conversion (override the config)" + (" with --config" if evaluate else ""))
     g.add_argument("--backend", metavar="NAME", help="neuron backend (see `snnbridge plugins`)")
-    flags = ("--convert-timesteps",) if evaluate else ("--timesteps", "-T")
-    g.add_argument(*flags, dest="conv_timesteps", type=_positive_int, metavar="T",
-                   help="counted simulation steps T the SNN is converted for")
+    g.add_argument("--timesteps", "-T", dest="conv_timesteps", type=_timesteps_flag if evaluate else _positive_int,
+                   metavar="T", help="counted simulation steps T the SNN is converted for (default: the config's)")
+    if evaluate:  # the old spelling, for one release (see _timestep_flags)
+        g.add_argument("--convert-timesteps", dest="old_convert_timesteps", type=_positive_int, help=argparse.SUPPRESS)
     g.add_argument("--calib-samples", type=_positive_int, default=512, metavar="N",
                    help="calibration images drawn at random from --data (default: 512)")
     g.add_argument("--calib-split", default="train", metavar="SPLIT",
@@ -160,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_ints, metavar="C,H,W",
                    help="input shape without batch, when the recipe needs no data and --data is not given")
     _add_conversion_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed for model construction and sampling (default: 0)")
+    p.add_argument("--seed", type=int, help="seed for model construction, sampling and conversion (default: the "
+                   "config's 'seed', else 0)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="calibration batch size "
                    "(default: 128)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
@@ -178,13 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split folder to evaluate on (default: test)")
     p.add_argument("--samples", type=_positive_int, metavar="N", help="evaluate on N images drawn at random "
                    "(default: all)")
-    p.add_argument("--timesteps", "-T", type=_int_list, metavar="T1,T2,...",
-                   help="time steps to report (default: 1,2,4,... up to the SNN's T); one run at the largest")
+    p.add_argument("--report-timesteps", type=_int_list, metavar="T1,T2,...",
+                   help="the T values to report (default: 1,2,4,... up to the SNN's T); one run at the largest")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE", help="write a plot of accuracy vs T (PNG, PDF or SVG)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and model construction (default: 0)")
+    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
+                   "config's 'seed', else 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_conversion_options(p, evaluate=True)
@@ -217,6 +237,17 @@ def _int_list(text: str) -> list[int]:
     return sorted(set(_ints(text)))
 
 
+class _OldTimestepList(list):
+    """``evaluate --timesteps 1,2,8``: the old meaning (T values to report), accepted for one release."""
+
+
+def _timesteps_flag(text: str) -> int | list[int]:
+    """``evaluate --timesteps``: a conversion T, or (deprecated) a comma-separated list of T values to report."""
+    if "," in text:
+        return _OldTimestepList(_int_list(text))
+    return _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -235,7 +266,9 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 2 user error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
@@ -384,6 +417,8 @@ class _Setup:
         else:
             self.backend, self.backend_options, self.timesteps = args.backend or "torch", {}, args.conv_timesteps or 32
             self.disable = []
+        if args.seed is None:  # the config's seed, unless --seed says otherwise
+            args.seed = cfg.seed if cfg else 0
 
 
 def _data_settings(args, *layers: dict) -> dict[str, Any]:
@@ -425,35 +460,74 @@ def _first_line(exc: BaseException) -> str:
 # =============================================================================================
 
 
-def _convert(args, setup: _Setup, device, progress: bool):
-    """Build, load, calibrate and convert; return (snn, ann, metadata)."""
+def _require_weights(args, setup: _Setup) -> None:
+    """A checkpoint (``--checkpoint`` or the config's ``checkpoint:``) or an explicit ``--random-init``."""
+    if setup.checkpoint and args.random_init:
+        where = "--checkpoint" if args.checkpoint else f"'checkpoint:' in {setup.config_path}"
+        raise CliError(f"--random-init and {where} contradict each other: drop --random-init to use the trained "
+                       "weights, or drop the checkpoint to use the untrained model.")
+    if not setup.checkpoint and not args.random_init:
+        raise CliError(f"no checkpoint for {setup.model_spec}: without one its random initialisation would be used. "
+                       "Give --checkpoint FILE (or 'checkpoint: FILE' in the config) with the trained weights, or "
+                       "--random-init to use the untrained model on purpose.")
+    if setup.checkpoint and not Path(setup.checkpoint).is_file():
+        raise CliError(f"checkpoint {setup.checkpoint!r} does not exist; give the file saved with "
+                       "torch.save(model.state_dict(), ...).")
+
+
+def _build_ann(args, setup: _Setup):
+    """The ANN from ``--model`` (seeded construction) with the checkpoint's weights, in eval mode."""
+    import torch
+
+    from .loading import load_checkpoint, load_model
+
+    torch.manual_seed(args.seed)
+    ann = load_model(setup.model_spec)
+    if setup.checkpoint:
+        load_checkpoint(ann, setup.checkpoint, trust=args.trust_checkpoint)
+    return ann.eval()
+
+
+def _model_record(args, setup: _Setup) -> dict:
+    """The ANN's part of a run record: factory, checkpoint (path and sha256), whether it is untrained."""
+    from .runrecord import sha256_file
+
+    ckpt = setup.checkpoint
+    return {"spec": setup.model_spec, "architecture": _architecture_ref(setup.model_spec),
+            "checkpoint": ckpt, "checkpoint_resolved": str(Path(ckpt).resolve()) if ckpt else None,
+            "checkpoint_sha256": sha256_file(ckpt) if ckpt else None, "random_init": not ckpt,
+            "trust_checkpoint": bool(args.trust_checkpoint)}
+
+
+def _convert(args, setup: _Setup, device, progress: bool, before_work=None):
+    """Build, load, calibrate and convert; return (snn, ann, metadata).
+
+    ``before_work(recipe)`` runs after every check of the set-up and before any model is
+    built (evaluate's checks of the reported T values).
+    """
     import torch
 
     from .convert import convert
     from .data import open_image_folder
+    from .errors import CalibrationError
     from .factory import make_neuron_factory
-    from .loading import load_checkpoint, load_model
     from .recipe import build_recipe
 
     if setup.cfg is None:
         raise CliError("give --config RECIPE (a .yaml or .toml recipe file) to convert.")
     if not setup.model_spec:
         raise CliError("give --model MODULE:FACTORY (or 'model:' in the config) to say how to build the ANN.")
+    _require_weights(args, setup)
     recipe = build_recipe(setup.cfg.recipe, disable=setup.disable)  # validate everything before any work
-    make_neuron_factory(setup.backend, setup.backend_options, recipe.registry)
+    factory = make_neuron_factory(setup.backend, setup.backend_options, recipe.registry)
     needing = recipe.needs_data()
     if needing and not setup.data_path:
         raise CliError(f"the recipe's plugin {needing[0]!r} needs calibration images: add --data PATH (an image folder "
                        "or .tar.gz, with a train/ split or <class>/<image> files).")
-    if setup.checkpoint and not Path(setup.checkpoint).is_file():
-        raise CliError(f"checkpoint {setup.checkpoint!r} does not exist; give the file saved with "
-                       "torch.save(model.state_dict(), ...).")
+    if before_work is not None:
+        before_work(recipe)
 
-    torch.manual_seed(args.seed)
-    ann = load_model(setup.model_spec)
-    if setup.checkpoint:
-        load_checkpoint(ann, setup.checkpoint, trust=args.trust_checkpoint)
-    ann.eval().to(device)
+    ann = _build_ann(args, setup).to(device)
     norm = _data_settings(args, setup.norm)
 
     calibration = None
@@ -467,7 +541,7 @@ def _convert(args, setup: _Setup, device, progress: bool):
         calibration = [x for x, _ in data.batches(indices, args.batch_size, workers=args.workers,
                                                       pin_memory=device.type == "cuda")]
         calib_desc = {"path": str(setup.data_path), "split": data.split, "samples": len(indices), "seed": args.seed,
-                      "images_available": len(data), "indices": indices}
+                      "images_available": len(data), "batch_size": args.batch_size, "indices": indices}
     elif getattr(args, "input_shape", None):
         example = torch.zeros(1, *args.input_shape, device=device)
     else:
@@ -476,15 +550,36 @@ def _convert(args, setup: _Setup, device, progress: bool):
     try:
         snn = convert(ann, recipe, calibration=calibration, backend=setup.backend, timesteps=setup.timesteps,
                       backend_options=setup.backend_options, example_input=example, progress=progress, seed=args.seed)
-    except RuntimeError as exc:
+    except (RuntimeError, CalibrationError) as exc:
+        cause = exc if isinstance(exc, RuntimeError) else exc.__cause__
+        if not isinstance(cause, RuntimeError):  # a calibration problem of its own: its message names the fix
+            raise
         shape = tuple(calibration[0].shape) if calibration else tuple(example.shape)
-        raise CliError(f"the model failed on inputs shaped {list(shape)}: {_first_line(exc)}. Check that the data "
+        raise CliError(f"the model failed on inputs shaped {list(shape)}: {_first_line(cause)}. Check that the data "
                        "(--image-size, --mean/--std, grey-scale or RGB) matches what the model was trained on; "
                        "--debug shows the traceback.") from exc
     snn.architecture = _architecture_ref(setup.model_spec)
     metadata = {"model": setup.model_spec, "checkpoint": setup.checkpoint, "config": setup.config_path,
-                "data": norm, "classes": classes, "calibration": calib_desc}
+                "data": norm, "classes": classes, "calibration": calib_desc,
+                "conversion": _conversion_record(args, setup, recipe, factory, norm, classes, calib_desc, device)}
     return snn, ann, metadata
+
+
+def _conversion_record(args, setup: _Setup, recipe, factory, norm: dict, classes, calib: dict | None, device) -> dict:
+    """Everything that decides the converted SNN, for the run record (plain data)."""
+    from .runrecord import sha256_file
+
+    config = setup.config_path
+    return {
+        "config": {"path": config, "sha256": sha256_file(config)} if config else None,
+        "recipe": recipe.to_list(), "backend": {"name": factory.backend, "options": dict(factory.options)},
+        "timesteps": setup.timesteps, "model": _model_record(args, setup),
+        "seeds": {"model_init": args.seed, "calibration_sample": args.seed, "conversion": args.seed},
+        "data": ({"path": str(setup.data_path), "path_resolved": str(Path(setup.data_path).resolve()),
+                  "split": calib["split"], "classes": classes, "normalisation": norm} if calib else None),
+        "input_shape": list(args.input_shape) if getattr(args, "input_shape", None) and not calib else None,
+        "calibration": calib, "disabled_plugins": list(setup.disable), "device": str(device),
+    }
 
 
 def _architecture_ref(spec: str) -> str:
@@ -568,9 +663,10 @@ def _print_report(snn, seconds: float | None, calib: dict | None, verbose: bool)
 
 
 def cmd_convert(args) -> int:
+    from . import runrecord
     from .io import save
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), runrecord.now()
     setup = _Setup(args)
     out = Path(args.out)
     if out.is_dir():
@@ -578,10 +674,19 @@ def cmd_convert(args) -> int:
     device = _device(args.device)
     snn, _, metadata = _convert(args, setup, device, _progress(args))
     _print_report(snn, time.perf_counter() - started, metadata["calibration"], args.verbose)
+    record_file = runrecord.record_path(out)
+    record = {**runrecord.header("convert", args.argv), "seed": args.seed, **metadata["conversion"],
+              "output": {"snn": str(out), "run_record": str(record_file)},
+              runrecord.TIMING_KEY: {"started_at": started_at, "finished_at": runrecord.now(),
+                                     "seconds": round(time.perf_counter() - started, 3),
+                                     "conversion_seconds": (snn.report or {}).get("conversion_seconds")}}
+    record = json.loads(json.dumps(record, default=str))  # plain data, also inside the SNN file
     snn.to("cpu")
-    save(snn, out, metadata=metadata)
+    save(snn, out, metadata={**{k: v for k, v in metadata.items() if k != "conversion"}, "run": record})
+    _write(str(record_file), lambda p: runrecord.write(record, p))
     _say(f"saved:       {out} ({out.stat().st_size / 1024:.1f} KiB); evaluate it with "
          f"`snnbridge evaluate --snn {out} --data ...`")
+    _say(f"run record:  {record_file} (command, recipe, seeds, image indices, checkpoint sha256, versions)")
     return 0
 
 
@@ -590,19 +695,75 @@ def cmd_convert(args) -> int:
 # =============================================================================================
 
 
+def _timestep_flags(args) -> None:
+    """Resolve evaluate's T flags: ``--timesteps`` is the conversion T, ``--report-timesteps`` the reported list.
+
+    The old spellings (``--convert-timesteps T``, ``--timesteps 1,2,8`` as the list) work for one
+    release, with a warning naming the new flag.
+    """
+    if args.old_convert_timesteps is not None:
+        if args.conv_timesteps is not None:
+            raise CliError("give --timesteps T only; --convert-timesteps is its old name.")
+        _warn(f"--convert-timesteps is deprecated and goes away in the next release: write --timesteps "
+              f"{args.old_convert_timesteps} (the conversion T, as in `snnbridge convert`).")
+        if args.snn:
+            _warn("--convert-timesteps only applies when converting (--config); the saved SNN is used as it is.")
+        else:
+            args.conv_timesteps = args.old_convert_timesteps
+    elif isinstance(args.conv_timesteps, _OldTimestepList):
+        listed = ",".join(map(str, args.conv_timesteps))
+        if args.report_timesteps:
+            raise CliError(f"--timesteps {listed} and --report-timesteps both list T values to report; give "
+                           "--report-timesteps only (--timesteps is the conversion T).")
+        _warn(f"evaluate --timesteps {listed} (T values to report) is deprecated and goes away in the next release: "
+              f"write --report-timesteps {listed}. --timesteps T is the conversion T, as in `snnbridge convert`.")
+        args.report_timesteps, args.conv_timesteps = list(args.conv_timesteps), None
+    elif args.conv_timesteps is not None:
+        if args.snn:
+            raise CliError(f"--timesteps {args.conv_timesteps} is the T an SNN is converted for, and --snn {args.snn} "
+                           f"is converted already. To report the accuracy at given T values, write --report-timesteps "
+                           f"{args.conv_timesteps}.")
+        if not args.report_timesteps:
+            _warn(f"--timesteps {args.conv_timesteps} is the conversion T (as in `snnbridge convert`); the T values "
+                  "to report are --report-timesteps (default: 1, 2, 4 ... up to T).")
+
+
+def _check_report(report: list[int], calibrated: list[tuple[str, int, str]], longest: int | None,
+                  asked: str = "--report-timesteps asks for") -> None:
+    """Refuse reported T values past what T-specific corrections were calibrated for, before any simulation.
+
+    ``calibrated``: ``(plugin, T, on_mismatch)`` per T-specific plugin; ``longest``: the SNN's
+    per-step tables' length (None: no table, or not converted yet).
+    """
+    from .errors import TimestepError
+    from .evaluate import default_timesteps
+
+    top = max(report)
+    limits = [(t, f"{name} is T-specific, calibrated for T = {t}") for name, t, policy in calibrated
+              if policy != "ignore"]
+    if longest is not None:
+        limits.append((longest, f"its per-step bias tables cover {longest} steps"))
+    for allowed, why in sorted(limits):
+        if top > allowed:
+            raise TimestepError(f"{asked} T = {top}, but {why}: the largest T it can report is "
+                                f"{allowed}. Report up to {allowed} (e.g. --report-timesteps "
+                                f"{','.join(map(str, default_timesteps(allowed)))}), or convert with --timesteps "
+                                f"{top} to report up to {top}.")
+
+
 def cmd_evaluate(args) -> int:
-    import torch
-
+    from . import runrecord
+    from .corrections import TimestepCheck, calibrated_timesteps, longest_run
     from .data import open_image_folder
-    from .evaluate import accuracy_curve
+    from .evaluate import accuracy_curve, default_timesteps
     from .io import load
-    from .loading import load_checkpoint, load_model
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), runrecord.now()
     if args.snn and args.config:
         raise CliError("give either --snn FILE (a converted SNN) or --config/--model (convert now), not both.")
     if not args.snn and not args.config:
         raise CliError("give --snn FILE (from `snnbridge convert`) or --config RECIPE --model MODULE:FACTORY.")
+    _timestep_flags(args)
     device = _device(args.device)
     progress = _progress(args)
     setup = _Setup(args)
@@ -612,29 +773,40 @@ def cmd_evaluate(args) -> int:
     ann = None
     saved_norm: dict = {}
     classes = None
+    model_record = None
     if args.snn:
-        ignored = [flag for flag, value in (("--backend", args.backend), ("--convert-timesteps", args.conv_timesteps))
-                   if value]
-        if ignored:
-            _warn(f"{', '.join(ignored)} only apply when converting (--config); the saved SNN is used as it is.")
+        if args.backend:
+            _warn("--backend only applies when converting (--config); the saved SNN is used as it is.")
         snn, info = load(args.snn, with_info=True)
         meta = info.get("metadata") or {}
         saved_norm = meta.get("data") or {}
         classes = meta.get("classes")
         if setup.model_spec:  # the ANN, for comparison
-            if setup.checkpoint and not Path(setup.checkpoint).is_file():
-                raise CliError(f"checkpoint {setup.checkpoint!r} does not exist.")
-            torch.manual_seed(args.seed)
-            ann = load_model(setup.model_spec)
-            if setup.checkpoint:
-                load_checkpoint(ann, setup.checkpoint, trust=args.trust_checkpoint)
-            ann.eval()
+            _require_weights(args, setup)
+            ann = _build_ann(args, setup)
+            model_record = _model_record(args, setup)
         source = str(args.snn)
+        snn_record = {"path": str(args.snn), "sha256": runrecord.sha256_file(args.snn),
+                      "saved_at": info.get("saved_at"), "conversion": meta.get("run")}
+        backend = {"name": snn.backend_name, "options": info.get("backend_options") or {}}
     else:
-        snn, ann, meta = _convert(args, setup, device, progress)
+        def before_work(recipe):  # reject reported T values past a T-specific plugin's T before converting
+            if args.report_timesteps:
+                _check_report(args.report_timesteps, [(e.name, calibrated_timesteps(e.options, setup.timesteps),
+                                                       e.options.get("on_mismatch", "warn"))
+                                                      for e in recipe.entries if e.info.t_specific], None)
+
+        snn, ann, meta = _convert(args, setup, device, progress, before_work=before_work)
         saved_norm = meta["data"]
         classes = meta["classes"]
         source = f"{setup.model_spec} converted with {setup.config_path}"
+        snn_record = {"converted": meta["conversion"]}
+        model_record = meta["conversion"]["model"]
+        backend = meta["conversion"]["backend"]
+    report = list(args.report_timesteps or default_timesteps(snn.timesteps))
+    _check_report(report, [(c.plugin, c.timesteps, c.policy) for c in snn.timestep_checks
+                           if isinstance(c, TimestepCheck)], longest_run(snn),
+                  "--report-timesteps asks for" if args.report_timesteps else "the default report goes up to the SNN's")
     snn.to(device).eval()
     if ann is not None:
         ann.to(device).eval()
@@ -648,8 +820,7 @@ def cmd_evaluate(args) -> int:
     indices = data.sample(args.samples, seed=args.seed)
     try:
         batches = data.batches(indices, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
-        curve = accuracy_curve(snn, batches,
-                               args.timesteps, ann=ann, device=device, progress=progress)
+        curve = accuracy_curve(snn, batches, report, ann=ann, device=device, progress=progress)
     except RuntimeError as exc:
         raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "
                        "--mean/--std and the data; --debug shows the traceback.") from exc
@@ -665,21 +836,38 @@ def cmd_evaluate(args) -> int:
         "timesteps": curve["timesteps"], "steps_run": curve["steps_run"], "accuracy": curve["accuracy"],
         "seconds": round(time.perf_counter() - started, 3), "snnbridge_version": __version__,
     }
+    outputs = [p for p in (args.json, args.plot) if p and p != "-"]
+    record_files = list(dict.fromkeys(str(runrecord.record_path(p)) for p in outputs))
+    record = {
+        **runrecord.header("evaluate", args.argv), "seed": args.seed, "snn": snn_record,
+        "recipe": snn.recipe, "backend": backend, "timesteps": snn.timesteps, "model": model_record,
+        "data": {"path": str(setup.data_path), "path_resolved": str(Path(setup.data_path).resolve()),
+                 "split": data.split, "classes": data.classes, "normalisation": norm},
+        "evaluation": {"split": data.split, "samples": len(indices), "images_available": len(data),
+                       "seed": args.seed, "batch_size": args.batch_size, "report_timesteps": curve["timesteps"],
+                       "indices": indices},
+        "device": str(device), "output": {"json": args.json, "plot": args.plot, "run_record": record_files},
+        runrecord.TIMING_KEY: {"started_at": started_at, "finished_at": runrecord.now(),
+                               "seconds": summary["seconds"]},
+    }
+    record = json.loads(json.dumps(record, default=str))
     if args.json == "-":  # keep stdout pure JSON
         with contextlib.redirect_stdout(sys.stderr):
             _print_table(summary)
     else:
         _print_table(summary)
     if args.json:
-        text = json.dumps(summary, indent=2)
         if args.json == "-":
-            print(text)
+            print(json.dumps({**summary, "run": record}, indent=2))
         else:
-            _write(args.json, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
+            _write(args.json, lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"))
             _say(f"wrote {args.json}")
     if args.plot:
         _write(args.plot, lambda p: _plot(summary, p))
         _say(f"wrote {args.plot}")
+    for path in record_files:
+        _write(path, lambda p: runrecord.write(record, p))
+        print(f"wrote {path} (run record)", file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
     return 0
 
 
@@ -714,11 +902,16 @@ def _print_table(s: dict) -> None:
 def _plot(s: dict, path: str) -> None:
     from .plots import plot_accuracy
 
-    names = ", ".join(name for entry in s["recipe"] for name in entry)
     xlabel = "counted time steps T" + (f" ({s['presimulation']})" if s["presimulation"] else "")
     plot_accuracy([{"label": f"SNN ({s['backend']})", "timesteps": s["timesteps"], "accuracy": s["accuracy"]}],
-                  path, ann_accuracy=s["ann_accuracy"], xlabel=xlabel,
-                  title=f"{names}: accuracy vs T ({s['samples']} images, {s['split'] or 'all'} split)")
+                  path, ann_accuracy=s["ann_accuracy"], xlabel=xlabel, title=_plot_title(s))
+
+
+def _plot_title(s: dict) -> str:
+    """What a reader of the evaluate plot needs: the recipe (non-default options only), backend, T, the images."""
+    from .plots import run_title
+
+    return run_title(s["recipe"], s["backend"], s["snn_timesteps"]) + f"; {s['samples']} {s['split'] or 'all'} images"
 
 
 if __name__ == "__main__":

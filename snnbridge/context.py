@@ -5,6 +5,9 @@ never edit it), the activation sites in topological order, the conversion's T, t
 and the calibration data. :meth:`ConversionContext.collect` gathers observer statistics
 (:mod:`snnbridge.observers`) over the calibration batches with a progress bar, and caches
 them so plugins asking for the same statistic share one pass.
+
+Calibration data is a DataLoader or any iterable of batches (tensors, ``(input, target)``
+pairs or dicts), or, for convenience, the samples themselves (see :func:`calibration_batches`).
 """
 
 from __future__ import annotations
@@ -14,18 +17,71 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from .corrections import calibrated_timesteps
 from .errors import CalibrationError
 from .graph import ConversionGraph, site_attr
 from .observers import Observer
+from .progress import bar as _bar
 from .sites import SiteInfo
 
 _INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
 
 #: ``fn(site_name, site_input, site_output) -> replacement output or None`` (see ConversionContext.hooks)
 SiteHook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+def _is_pair(data: Any) -> bool:
+    """``(inputs, targets)`` given as a tuple of two tensors with one entry per sample (a TensorDataset's tensors)."""
+    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        return False
+    x, y = data
+    return x.dim() >= 2 and y.dim() >= 1 and x.shape[0] == y.shape[0] and x.shape[1:] != y.shape[1:]
+
+
+#: batch size for calibration data given as samples (see :func:`calibration_batches`)
+DEFAULT_BATCH_SIZE = 128
+
+
+def given_as_samples(data: Any) -> bool:
+    """True for calibration data that holds samples rather than batches: a tensor, an ``(x, y)`` pair, a Dataset."""
+    return isinstance(data, (torch.Tensor, Dataset)) or _is_pair(data)
+
+
+def calibration_batches(data: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+    """Calibration data as batches: samples given as one tensor are split, everything else is kept as it is.
+
+    * a tensor ``[N, ...]`` holds N samples: it becomes batches of ``batch_size`` samples
+      (a tensor is one set of samples, never a sequence of batches);
+    * a tuple of two tensors with one entry per sample, ``(inputs [N, ...], targets [N, ...])``
+      whose per-sample shapes differ, is such a set of samples with its labels (only the
+      inputs are used);
+    * a Dataset (e.g. a ``TensorDataset``, which yields one sample at a time) is read through a
+      DataLoader with batches of ``batch_size`` samples, in order;
+    * a list of tensors, a DataLoader or any other iterable is read as batches.
+
+    A 0-D or 1-D tensor is a :class:`~snnbridge.errors.CalibrationError`: it has no batch dimension.
+    """
+    if _is_pair(data):
+        data = data[0]
+    if isinstance(data, Dataset) and not isinstance(data, torch.Tensor):
+        _check_batch_size(batch_size)
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, torch.Tensor):
+        return data
+    if data.dim() < 2:
+        raise CalibrationError(
+            f"calibration is a {data.dim()}-D tensor of shape {tuple(data.shape)}; a calibration tensor holds samples "
+            "along its first dimension, [N, C, H, W] for images or [N, features]. Add the batch dimension "
+            "(x.unsqueeze(0) for one sample), or pass a DataLoader / list of batches.")
+    _check_batch_size(batch_size)
+    return list(data.split(batch_size))
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CalibrationError(f"calibration_batch_size must be a positive whole number, got {batch_size!r}.")
 
 
 def batch_input(batch: Any) -> torch.Tensor:
@@ -43,12 +99,41 @@ def batch_input(batch: Any) -> torch.Tensor:
         f"(input, target) tuples, or dicts with one of the keys {', '.join(_INPUT_KEYS)}.")
 
 
+#: without ``calibration_batches``, a calibration iterable without a length may yield at most this many
+#: batches (more is taken for an endless iterator, e.g. a generator or a DataLoader over an infinite sampler)
+MAX_UNSIZED_BATCHES = 1000
+#: and a one-shot iterator (kept in memory, since every stage re-reads the data) at most this many bytes
+MAX_KEPT_BYTES = 4 << 30
+
+
+def _endless(what: str) -> CalibrationError:
+    return CalibrationError(f"the calibration data {what} and has no length, so it may be endless (a generator, "
+                            "itertools.cycle, a DataLoader over an infinite sampler); pass calibration_batches=N to "
+                            "use its first N batches, or give a list or a sized DataLoader.")
+
+
+def _keep(iterator, max_batches: int | None) -> list:
+    """The batches of a one-shot iterator, kept (stages re-read them), refusing what looks endless."""
+    if max_batches is not None:
+        return [b for _, b in zip(range(max_batches), iterator)]
+    kept, size = [], 0
+    for item in iterator:
+        kept.append(item)
+        size += sum(t.numel() * t.element_size() for t in (item if isinstance(item, (tuple, list)) else (item,))
+                    if isinstance(t, torch.Tensor))
+        if len(kept) > MAX_UNSIZED_BATCHES:
+            raise _endless(f"yielded more than {MAX_UNSIZED_BATCHES} batches")
+        if size > MAX_KEPT_BYTES:
+            raise _endless(f"yielded more than {MAX_KEPT_BYTES >> 30} GiB")
+    return kept
+
+
 class ConversionContext:
     """Shared state of one conversion (see the module docstring)."""
 
     def __init__(self, graph: ConversionGraph, *, timesteps: int, calibration: Iterable | None = None,
                  max_batches: int | None = None, device: torch.device | None = None, progress: bool = True,
-                 recipe=None, backend: str = "torch", seed: int = 0):
+                 recipe=None, backend: str = "torch", seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE):
         self.graph = graph
         self.ann: nn.Module = graph.module
         self.sites: dict[str, SiteInfo] = graph.sites
@@ -60,17 +145,28 @@ class ConversionContext:
         self.max_batches = max_batches
         self.seed = seed
         self.report: dict[str, Any] = {"notes": []}
-        if calibration is not None and not isinstance(calibration, torch.Tensor) and iter(calibration) is calibration:
+        if calibration is not None:
+            calibration = calibration_batches(calibration, batch_size)
+        if calibration is not None and iter(calibration) is calibration:
             # a one-shot iterator (e.g. a generator): several stages re-read the calibration data, so keep it
-            calibration = list(calibration) if max_batches is None else [b for _, b in zip(range(max_batches), calibration)]
+            calibration = _keep(calibration, max_batches)
         self._calibration = calibration
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.ann.to(self.device)
 
     # -- data ----------------------------------------------------------------------------------------
+    def progress_bar(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None,
+                     unit: str = "it"):
+        """A tqdm bar for a plugin's loop: shown only when ``progress`` is on and the loop takes a while.
+
+        Honours ``convert(progress=False)`` and ``TQDM_DISABLE=1`` (see :mod:`snnbridge.progress`).
+        """
+        return _bar(iterable, desc=desc, enabled=self.progress, total=total, unit=unit)
+
     @property
     def has_data(self) -> bool:
+        """Whether calibration data was given."""
         return self._calibration is not None
 
     def batches(self, desc: str = "calibration", limit: int | None = None) -> Iterator[torch.Tensor]:
@@ -92,18 +188,28 @@ class ConversionContext:
         except TypeError:
             total = cap
         n = 0
-        bar = tqdm(total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
+        bar = self.progress_bar(desc=desc, total=total, unit="batch")
         try:
             for item in self._calibration:
                 x = batch_input(item)
                 if not torch.is_floating_point(x):
-                    x = x.float()
+                    raise CalibrationError(
+                        f"calibration batch {n + 1} is a {x.dtype} tensor; give floating-point inputs prepared as for "
+                        "training: x.float() (uint8 images: x.float() / 255, then the training mean/std, e.g. "
+                        "torchvision.transforms.ToTensor + Normalize).")
+                if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+                    raise CalibrationError(
+                        f"calibration batch {n + 1} holds samples shaped {list(x.shape[1:])}, earlier ones "
+                        f"{list(self.input_shape)}; every batch needs the same sample shape: resize or crop the "
+                        "images to one size (the SNN runs on that size).")
                 if not torch.isfinite(x).all():
                     raise CalibrationError(f"calibration batch {n + 1} contains NaN or Inf; clean the data before "
                                            "converting.")
                 if self.input_shape is None:
                     self.input_shape = tuple(x.shape[1:])
                 n += 1
+                if total is None and cap is None and n > MAX_UNSIZED_BATCHES:
+                    raise _endless(f"yielded more than {MAX_UNSIZED_BATCHES} batches")
                 bar.update(1)
                 yield x.to(self.device)
                 if cap is not None and n >= cap:

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .context import ConversionContext
+from .context import DEFAULT_BATCH_SIZE, ConversionContext, given_as_samples
 from .corrections import TimestepCheck
-from .errors import InputError, MissingRequirementError, PluginError
+from .errors import CalibrationError, InputError, MissingRequirementError, PluginError
 from .factory import make_neuron_factory
 from .graph import trace_for_conversion
 from .recipe import Recipe, build_recipe
@@ -33,6 +33,20 @@ def check_timesteps(timesteps: Any) -> int:
     return timesteps
 
 
+def _infer_shapes_from_calibration(ctx: ConversionContext, first: torch.Tensor, calibration: Any) -> None:
+    """Learn the shapes from the first calibration batch; a batch the model cannot take is a CalibrationError."""
+    try:
+        ctx.infer_shapes(first)
+    except RuntimeError as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        how = ("a calibration tensor holds samples along its first dimension and is split into batches of "
+               "calibration_batch_size; " if isinstance(calibration, torch.Tensor) else "")
+        raise CalibrationError(
+            f"the model fails on the first calibration batch, shaped {list(first.shape)} ({text}). Calibration "
+            f"batches must be shaped like the model's input with a batch dimension first, e.g. [B, C, H, W]; {how}"
+            "check the data's layout (channels, image size, flattening).") from exc
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -43,7 +57,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = None, backend: str = "torch",
             timesteps: int = 32, backend_options: dict | None = None, calibration_batches: int | None = None,
-            example_input: torch.Tensor | None = None, progress: bool = True, seed: int = 0) -> SpikingModel:
+            example_input: torch.Tensor | None = None, progress: bool = True, seed: int = 0,
+            calibration_batch_size: int | None = None) -> SpikingModel:
     """Convert a trained ANN into an SNN of real neurons.
 
     Args:
@@ -51,15 +66,23 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
         recipe: ordered method plugins, e.g. ``["maxnorm"]`` or
             ``[{"robustnorm": {"percentile": 99.99, "channelwise": True}}]`` (or plugin objects,
             or a :class:`~snnbridge.recipe.Recipe`).
-        calibration: a DataLoader or iterable of tensors / ``(input, target)`` tuples, for
-            plugins that need data.
+        calibration: for plugins that need data: a DataLoader or iterable of batches (tensors,
+            ``(input, target)`` tuples or dicts; a list of tensors is a list of batches), or the
+            samples themselves: a tensor ``[N, ...]``, an ``(inputs, targets)`` tuple of two
+            tensors or a Dataset (e.g. ``TensorDataset``), read in batches of
+            ``calibration_batch_size`` samples (so that plugins counting batches, e.g. ``ftbc``'s
+            ``batches``, see the same batches as from a DataLoader).
         backend: ``"torch"`` (reference), ``"spikingjelly"`` or ``"snntorch"`` (or any installed adapter).
         timesteps: T, the number of counted simulation steps.
         backend_options: options of the backend adapter (see ``snnbridge plugins``).
         calibration_batches: use at most this many calibration batches.
         example_input: a batch used to learn shapes when no calibration data is given.
-        progress: show tqdm progress bars.
+        progress: show progress bars for steps that take more than about a second
+            (``TQDM_DISABLE=1`` also turns them off).
         seed: seed for any sampling done during conversion.
+        calibration_batch_size: batch size when ``calibration`` is given as samples (a tensor,
+            an ``(inputs, targets)`` pair or a Dataset; default 128). Refused for data that is
+            batched already (a DataLoader's batch size is its own).
 
     Returns:
         a :class:`~snnbridge.runtime.SpikingModel`; ``snn(x)`` returns the decoded output and
@@ -67,6 +90,10 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     """
     started = time.perf_counter()
     timesteps = check_timesteps(timesteps)
+    if calibration_batches is not None and (isinstance(calibration_batches, bool) or
+                                            not isinstance(calibration_batches, int) or calibration_batches < 1):
+        raise InputError(f"calibration_batches must be a positive whole number (or None for all batches), got "
+                         f"{calibration_batches!r}.")
     rec: Recipe = recipe if isinstance(recipe, Recipe) else build_recipe(recipe)
     registry = rec.registry
     factory = make_neuron_factory(backend, backend_options, registry)
@@ -77,16 +104,22 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
             "random are usually enough).")
     if not isinstance(model, nn.Module):
         raise InputError(f"snnbridge.convert takes a torch.nn.Module, got {type(model).__name__}.")
+    if calibration_batch_size is not None and calibration is not None and not given_as_samples(calibration):
+        raise CalibrationError(f"calibration_batch_size={calibration_batch_size!r} applies to calibration data given "
+                               "as samples (a tensor, an (inputs, targets) pair or a Dataset); this "
+                               f"{type(calibration).__name__} is batched already. Drop calibration_batch_size, or set "
+                               "the DataLoader's batch_size.")
 
     graph = trace_for_conversion(model, claim=registry.claim_module)
     ctx = ConversionContext(graph, timesteps=timesteps, calibration=calibration, max_batches=calibration_batches,
                             device=_model_device(model), progress=progress, recipe=rec, backend=factory.backend,
-                            seed=seed)
+                            seed=seed,
+                            batch_size=DEFAULT_BATCH_SIZE if calibration_batch_size is None else calibration_batch_size)
     if example_input is not None:
         ctx.infer_shapes(example_input.to(ctx.device))
     elif calibration is not None:
         for first in ctx.batches(desc="shapes", limit=1):  # a loop, so the generator (and its bar) closes
-            ctx.infer_shapes(first)
+            _infer_shapes_from_calibration(ctx, first, calibration)
     if not graph.sites:
         raise InputError("the model has no activation (ReLU-like) to convert into neurons; nothing would spike. "
                          "snnbridge converts networks with nn.ReLU / F.relu / ReLU6 / clip activations.")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, TimestepError
 from .options import Option
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,6 +177,9 @@ class TimestepCheck(Savable):
         self.plugin, self.timesteps, self.policy = plugin, int(timesteps), policy
 
     def __call__(self, snn, timesteps: int) -> None:
+        """Run before every run of ``timesteps`` counted steps: warn, refuse or pass (``policy``)."""
+        if snn is not None:
+            check_runnable(snn, timesteps)  # a run the per-step tables cannot cover is refused, whatever the policy
         if timesteps == self.timesteps or self.policy == "ignore":
             return
         msg = (f"{self.plugin}: the corrections were calibrated for T = {self.timesteps} steps but the SNN is run for "
@@ -188,6 +191,25 @@ class TimestepCheck(Savable):
 
     def __repr__(self) -> str:
         return f"TimestepCheck({self.plugin!r}, T={self.timesteps}, {self.policy})"
+
+
+def longest_run(snn) -> int | None:
+    """The most counted steps ``snn`` can run: the shortest per-step bias table of its sites (None: any T)."""
+    rows = [s.max_timesteps for s in snn.specs.values() if s.max_timesteps is not None]
+    return min(rows) if rows else None
+
+
+def check_runnable(snn, timesteps: int) -> None:
+    """Refuse, before any simulation, a run longer than ``snn``'s per-step bias tables (a :class:`TimestepError`)."""
+    longest = longest_run(snn)
+    if longest is None or int(timesteps) <= longest:
+        return
+    plugins = [c.plugin for c in getattr(snn, "timestep_checks", ()) if isinstance(c, TimestepCheck)]
+    who = f" ({', '.join(dict.fromkeys(plugins))}: T-specific)" if plugins else ""
+    raise TimestepError(
+        f"this SNN can run at most T = {longest} counted steps: its per-step bias tables{who} were calibrated for "
+        f"T = {longest}, and T = {timesteps} was asked for. Run it for T <= {longest}, or convert again with "
+        f"timesteps={timesteps} (snnbridge convert --timesteps {timesteps}) for the longer run.")
 
 
 def timestep_options() -> list[Option]:

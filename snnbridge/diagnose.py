@@ -41,7 +41,7 @@ def layer_report(ann: nn.Module, snn: SpikingModel, x: torch.Tensor, timesteps: 
     with snn.record(keep="output") as rec:
         snn.run(x, timesteps)
     report = {"timesteps": snn.timesteps if timesteps is None else int(timesteps), "steps_run": snn.steps_for(timesteps),
-              "backend": snn.backend_name, "sites": []}
+              "backend": snn.backend_name, "recipe": list(snn.recipe), "sites": []}
     for name, site in snn.sites.items():
         seq = rec[name].counted("output")  # [T, B, ...]
         th = site.spec.threshold

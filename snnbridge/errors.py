@@ -51,6 +51,10 @@ class InputError(SnnbridgeError):
     """A tensor given to a converted model or a simulation has the wrong shape or non-finite values."""
 
 
+class TimestepError(InputError):
+    """An SNN is asked to run more counted steps than its T-specific corrections (per-step tables) cover."""
+
+
 class CalibrationError(SnnbridgeError):
     """Calibration data is missing, empty, malformed, or produces non-finite activations."""
 

@@ -16,9 +16,10 @@ import time
 from typing import Any, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from .corrections import check_runnable
 from .errors import InputError
+from .progress import bar as progress_bar
 
 
 def _pairs(data: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +49,9 @@ def accuracy_curve(snn, data: Iterable, timesteps: Sequence[int] | None = None, 
     :param snn: a :class:`~snnbridge.runtime.SpikingModel` (or anything with ``sweep`` and ``steps_for``).
     :param data: a DataLoader or iterable of ``(images, labels)`` batches.
     :param timesteps: the T values to report (default: powers of two up to ``snn.timesteps``,
-        and ``snn.timesteps``); one sweep at the largest serves all of them.
+        and ``snn.timesteps``); one sweep at the largest serves all of them. A largest T beyond
+        the SNN's per-step bias tables (T-specific corrections) is a
+        :class:`~snnbridge.errors.TimestepError`, raised before any data is read.
     :param ann: the ANN, for its accuracy on the same images.
     :param device: where to run (default: the SNN's device).
     :param progress: show a progress bar.
@@ -61,11 +64,13 @@ def accuracy_curve(snn, data: Iterable, timesteps: Sequence[int] | None = None, 
     if not steps or steps[0] < 1:
         raise InputError(f"timesteps must be positive whole numbers, got {timesteps!r}.")
     t_max = steps[-1]
+    if hasattr(snn, "specs"):
+        check_runnable(snn, t_max)  # before reading any data: a T its per-step tables cannot cover is refused
     if device is None:
         device = next((p.device for p in snn.parameters()), torch.device("cpu"))
     correct = torch.zeros(t_max, dtype=torch.long)
     ann_correct, seen = 0, 0
-    bar = tqdm(total=_total(data), desc="evaluate", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(desc="evaluate", enabled=progress, total=_total(data), unit="img")
     try:
         for x, y in _pairs(data):
             x, y = x.to(device), y.to(device)

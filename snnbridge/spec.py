@@ -135,6 +135,12 @@ class NeuronSpec:
                              f"{tuple(like.shape)}; give a float, [C] or [C, ...] (the activation shape without batch).")
         return v0.expand_as(like).clone()
 
+    @property
+    def max_timesteps(self) -> int | None:
+        """The most steps this spec can run: the rows of its per-step bias table (None: any number)."""
+        b = self.step_bias
+        return int(b.shape[0]) if isinstance(b, torch.Tensor) else None
+
     def step_table(self, timesteps: int, channels: int) -> torch.Tensor:
         """The per-step bias as a fresh ``[T, C]`` float32 table on the CPU (zeros when there is none).
 

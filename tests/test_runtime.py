@@ -66,7 +66,9 @@ def test_observation_from_loader_iterable_and_tuples(small_resnet):
     assert any(e.specs[n].threshold < a.specs[n].threshold for n in a.specs)
 
 
-def test_progress_bar_is_shown(small_resnet, calib_batches, capsys):
+def test_progress_bar_is_shown(small_resnet, calib_batches, capsys, monkeypatch):
+    monkeypatch.setattr("snnbridge.progress.DELAY_S", 0)  # as if the step took long: bars show after a delay only
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=2, progress=True)
     assert "collect max" in capsys.readouterr().err
 
