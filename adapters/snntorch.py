@@ -32,10 +32,19 @@ How the spec is realized, and why:
   broadcasts against ``[B, C, ...]``; the buffer takes the input's dtype so ``float64``
   runs compare against the exact threshold.
 
-``snntorch.utils.reset(net)`` only scans ``net``'s top-level children and resets every
-``Leaky`` instance of the process; on a converted model it finds none (harmless), and on a
-layer it zeroes ``mem``. Neither matters: every call of :meth:`SnnTorchLayer.simulate`
-starts from the state it is given.
+Reset. Nothing needs resetting: every call of :meth:`SnnTorchLayer.simulate` starts from
+the state it is given, and every run of a converted model from the specs' initial state.
+The ``Leaky``'s own ``mem`` buffer holds the last step's membrane after a run (as in
+snnTorch); ``leaky.reset_mem()`` zeroes it. ``snntorch.utils.reset(net)`` looks only at
+``net``'s direct children, so ``snntorch.utils.reset(snn)`` finds no ``Leaky`` in a
+converted model and does nothing; when it does find one (in a network of your own) it
+zeroes the ``mem`` of every ``Leaky`` in the process, ours included - harmless for the
+same reason.
+
+Forward hooks on the ``Leaky`` (``spk_rec.append(spk)``): the runtime silences them during a
+run and :meth:`SnnTorchLayer.replay_hooks` calls them once per counted step afterwards
+(:mod:`snnbridge.neurons`), so ``torch.stack(spk_rec)`` is ``[T, B, ...]`` whatever the time
+chunks, without warm-up or look-ahead steps.
 
 No conversion method lives here: this module only realizes a :class:`~snnbridge.NeuronSpec`.
 """
@@ -91,6 +100,7 @@ class SnnTorchLayer(NeuronLayer):
     """One genuine ``snntorch.Leaky`` (beta = 1, subtract reset) realizing one site's spec."""
 
     backend_name = NAME
+    differentiable = True  # snnTorch's arc-tangent surrogate (FireGE's backward)
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -116,6 +126,12 @@ class SnnTorchLayer(NeuronLayer):
         return self._threshold_c.to(device=like.device, dtype=like.dtype).view(shape)
 
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
+        if self.deferring_hooks:  # forward hooks see the counted steps once, after the run (replay_hooks)
+            with self.hooks_silenced(self.leaky):
+                return self._simulate(x_seq, v_init, return_v)
+        return self._simulate(x_seq, v_init, return_v)
+
+    def _simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool) -> SimResult:
         leaky = self.leaky
         th = self._threshold_for(x_seq[0])
         resting = leaky.threshold
@@ -147,6 +163,28 @@ class SnnTorchLayer(NeuronLayer):
                 volts.append(mem - th * spk)
         return SimResult(spikes=torch.stack(spikes), v_last=mem - th * spikes[-1],
                          v_seq=torch.stack(volts) if return_v else None)
+
+    # -- forward hooks on the Leaky (spk_rec / mem_rec recording) ------------------------------------
+    def framework_hooks(self) -> bool:
+        return bool(self.leaky._forward_hooks or self.leaky._forward_pre_hooks)
+
+    def replay_hooks(self, steps) -> None:
+        """Call the Leaky's hooks once per counted step, as ``spk, mem = leaky(x_t, mem)`` would.
+
+        Arguments ``(x_t, mem_{t-1})`` (``mem`` before the first counted step: the initial
+        potential), output ``(spk_t, mem_t)`` with snnTorch's pre-reset ``mem_t = v_t + threshold
+        * spk_t`` (equal to the run's own value up to float rounding).
+        """
+        leaky = self.leaky
+        th = self._threshold_for(steps.drive[0])
+        mem = steps.v_start
+        for t in range(steps.drive.shape[0]):
+            args = (steps.drive[t], mem)
+            self.fire_pre_hooks(leaky, args)
+            spk = steps.spikes[t]
+            mem = steps.v_seq[t] + th * spk
+            leaky.mem = mem
+            self.fire_hooks(leaky, args, (spk, mem))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule='>=' (FireGE), reset_delay=True"

@@ -6,6 +6,17 @@ tools work on a converted model: ``functional.reset_net`` (resets them),
 ``functional.set_step_mode`` (``'s'`` makes :meth:`SpikingJellyLayer.simulate` drive them
 one step at a time; the result is the same), monitors, ``isinstance`` checks.
 
+Monitors (``monitor.OutputMonitor``, ``InputMonitor``, ``AttributeMonitor``) hook the
+neuron modules; the runtime calls them several times per run (time chunks, a warm-up, a
+look-ahead). While hooks are attached, the layer runs its neurons with the hooks silenced
+and :meth:`SpikingJellyLayer.replay_hooks` fires them once per run with the counted steps
+(:mod:`snnbridge.neurons`), so a monitor gets one ``[T, B, ...]`` record per neuron module
+per forward: 0/1 spikes, the drive as input, ``v_seq`` with ``store_v_seq=True``. Without
+hooks nothing changes (one flag test per call). Which classes to monitor:
+``neuron.IFNode`` (scalar thresholds) and ``neuron.ActivationAwareIFNode`` (per-channel, 2.x;
+not a ``BaseNode``); on 0.0.0.0.14 a per-channel site has one ``IFNode`` per channel group,
+each recording its own channels (:meth:`SpikingJellyLayer.node_channels`).
+
 Two generations of SpikingJelly are supported; which one is installed is detected when a
 layer is built (the 0.0.0.0.x neurons take a ``backend=`` argument, the 2.x ones do not).
 
@@ -150,6 +161,7 @@ class SpikingJellyLayer(NeuronLayer):
     """
 
     backend_name = NAME
+    differentiable = True  # SpikingJelly's surrogate gradient (the neurons' default, Sigmoid)
 
     def __init__(self, spec, kernel: str = "auto"):
         super().__init__(spec)
@@ -211,9 +223,15 @@ class SpikingJellyLayer(NeuronLayer):
         return SimResult(output=spikes.mul_(th), v_last=v_last, v_seq=v_seq)
 
     def _run(self, node, x_seq, v_init, return_v):
-        if self._plain and not return_v and node.step_mode == "m":  # the common case, with nothing to check
+        if self._plain and not return_v and node.step_mode == "m" and not self.deferring_hooks:  # the common case
             node.v = v_init
             return node(x_seq), node.v, None
+        if self.deferring_hooks:  # monitors see the whole run once, afterwards (replay_hooks)
+            with self.hooks_silenced(node):
+                return self._run_checked(node, x_seq, v_init, return_v)
+        return self._run_checked(node, x_seq, v_init, return_v)
+
+    def _run_checked(self, node, x_seq, v_init, return_v):
         self._check_device_kernel(node, x_seq)
         cupy = self.generation == LEGACY and getattr(node, "backend", "torch") == "cupy"
         was_training = node.training
@@ -242,6 +260,53 @@ class SpikingJellyLayer(NeuronLayer):
             if cupy:
                 node.train(was_training)
         return spikes, v_last, v_seq
+
+    # -- monitors -------------------------------------------------------------------------------------
+    def node_channels(self) -> list[torch.Tensor | None]:
+        """Per node in ``nodes``: the channel indices it runs on (dimension 2 of ``[T, B, C, ...]``), None = all."""
+        if not self.groups:
+            return [None] * len(self.nodes)
+        return [getattr(self, name) for name in self.groups]
+
+    def framework_hooks(self) -> bool:
+        return any(n._forward_hooks or n._forward_pre_hooks for n in self.nodes)
+
+    def hooks_need_v(self) -> bool:
+        """``v_seq`` for ``store_v_seq`` nodes; per-step ``v`` for single-step nodes."""
+        return any(n.store_v_seq or n.step_mode == "s" for n in self.nodes if n._forward_hooks or n._forward_pre_hooks)
+
+    def replay_hooks(self, steps) -> None:
+        """Fire each monitored node's hooks as SpikingJelly would for one pass over the counted steps.
+
+        Multi-step nodes: one call with the ``[T, B, ...]`` input and 0/1 spikes; ``v`` is the
+        starting membrane for pre-hooks and the last one afterwards, ``v_seq`` (with
+        ``store_v_seq``) the ``[T, B, ...]`` membrane after each step's reset. Single-step nodes
+        (``functional.set_step_mode(net, 's')``): one call per step. Channel groups
+        (SpikingJelly 0.0.0.0.14, per-channel thresholds) see the channels of their group.
+        """
+        for k, node in enumerate(self.nodes):
+            if not (node._forward_hooks or node._forward_pre_hooks):
+                continue
+            x, s, v_seq, v0, v1 = steps.drive, steps.spikes, steps.v_seq, steps.v_start, steps.v_last
+            if self.groups:
+                idx = getattr(self, self.groups[k])
+                x, s, v0, v1 = x.index_select(2, idx), s.index_select(2, idx), v0.index_select(1, idx), v1.index_select(1, idx)
+                v_seq = v_seq.index_select(2, idx) if v_seq is not None else None
+            if node.step_mode == "m":
+                node.v = v0
+                self.fire_pre_hooks(node, (x,))
+                node.v = v1
+                if node.store_v_seq and v_seq is not None:
+                    node.v_seq = v_seq
+                self.fire_hooks(node, (x,), s)
+                continue
+            node.v = v0
+            for t in range(x.shape[0]):
+                self.fire_pre_hooks(node, (x[t],))
+                node.v = v_seq[t]
+                if node.store_v_seq:
+                    node.v_seq = v_seq[:t + 1]
+                self.fire_hooks(node, (x[t],), s[t])
 
     def _check_device_kernel(self, node, x_seq):
         kernel = self.kernel

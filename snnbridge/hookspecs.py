@@ -233,7 +233,8 @@ def snnbridge_make_neuron(spec: "NeuronSpec", options: dict[str, Any]) -> "Neuro
     :param options: the backend's validated options (``backend_options``).
     :returns: a :class:`~snnbridge.neurons.NeuronLayer` whose ``simulate`` runs genuine
         framework neurons. Raise :class:`~snnbridge.errors.BackendError` when the backend
-        cannot run here.
+        cannot run here. Optionally it overrides ``framework_hooks`` / ``replay_hooks`` so the
+        framework's monitors get one record of the counted steps per run (``snnbridge.neurons``).
     """
 
 

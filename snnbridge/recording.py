@@ -23,6 +23,11 @@ Sequences cover every simulated step of the network run (an uncounted network wa
 first); a layer-scoped look-ahead pre-simulation of a site is not part of them. The
 recording is detached from the model when the block ends, so a model can be saved or copied
 afterwards.
+
+For users, :func:`record` (``snnbridge.record(snn, x)``) runs once and returns plain
+``{site: {what: tensor}}`` dicts of the counted steps. :class:`HookReplay` is how the runtime
+gives framework monitors (SpikingJelly's ``monitor.*``, hooks on ``snntorch.Leaky``) one
+record per run: see :mod:`snnbridge.neurons`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 from .errors import InputError, did_you_mean
+from .neurons import CountedSteps
 
 if TYPE_CHECKING:  # pragma: no cover
     from .neurons import SimResult
@@ -128,18 +134,22 @@ class Recording:
     # -- the runtime's side ------------------------------------------------------------------------
     @property
     def wants_v(self) -> bool:
+        """Whether the runtime must compute membrane sequences for this recording."""
         return "v" in self.keep
 
     def begin_run(self, warmup: int) -> None:
+        """Called by the runtime when a run starts (``warmup``: its uncounted steps)."""
         self._warmup = int(warmup)
         self._current = {n: _RunCapture(self.keep) for n in self.sites}
 
     def capture(self, site: "SpikingSite", drive: torch.Tensor, result: "SimResult", output: torch.Tensor,
-                counted: bool) -> None:
+                counted: bool, v_start: torch.Tensor | None = None) -> None:
+        """Called by the runtime for each chunk a site ran (``counted``: False during a pre-simulation)."""
         if self._current is not None and site.name in self._current:
             self._current[site.name].add(drive, result, output, counted)
 
     def end_run(self) -> None:
+        """Called by the runtime when a run ends: the run's traces become ``runs[-1]``."""
         if self._current is not None:
             self.runs.append({n: c.trace(self._warmup) for n, c in self._current.items()})
         self._current = None
@@ -193,3 +203,103 @@ class Recording:
         if self in recs:
             recs.remove(self)
         self._current = None
+
+
+class HookReplay:
+    """Framework hooks on the sites' neurons, fired once per run for the counted steps.
+
+    The runtime starts one for a run when some site's neuron layer reports framework hooks
+    (:meth:`~snnbridge.NeuronLayer.framework_hooks`): the layers run with their hooks silenced,
+    this object collects the counted steps like a recording, and :meth:`fire` hands each layer
+    its ``[T, B, ...]`` steps after the run. Pre-simulated steps (a network warm-up, a site's
+    look-ahead) are never shown to the hooks, and chunking does not split the record.
+    """
+
+    def __init__(self, sites: list["SpikingSite"]):
+        self.sites = {s.name: s for s in sites}
+        self.wants_v = any(s.neuron.hooks_need_v() for s in sites)
+        self._parts: dict[str, list[tuple]] = {}
+        self._v_start: dict[str, torch.Tensor | None] = {}
+
+    @classmethod
+    def start(cls, sites, recordings: list) -> "HookReplay | None":
+        """A replay for the sites whose neurons carry framework hooks (None when none do), added to ``recordings``."""
+        hooked = [s for s in sites if s.neuron.framework_hooks()]
+        if not hooked:
+            return None
+        replay = cls(hooked)
+        for s in hooked:
+            s.neuron.deferring_hooks = True
+        recordings.append(replay)
+        return replay
+
+    def begin_run(self, warmup: int) -> None:
+        self._parts = {n: [] for n in self.sites}
+        self._v_start = {}
+
+    def capture(self, site: "SpikingSite", drive: torch.Tensor, result: "SimResult", output: torch.Tensor,
+                counted: bool, v_start: torch.Tensor | None = None) -> None:
+        parts = self._parts.get(site.name)
+        if parts is None or not counted:
+            return
+        if not parts:
+            self._v_start[site.name] = v_start
+        parts.append((drive, result.spikes, result.v_seq, result.v_last))
+
+    def end_run(self) -> None:
+        pass
+
+    def stop(self, recordings: list) -> None:
+        """Leave the run: hooks fire normally again (called even when the run failed)."""
+        if self in recordings:
+            recordings.remove(self)
+        for s in self.sites.values():
+            s.neuron.deferring_hooks = False
+
+    def fire(self) -> None:
+        """Replay the finished run's counted steps to each hooked layer."""
+        for name, parts in self._parts.items():
+            if parts:
+                drive, spikes, v_seq = (_join([p[i] for p in parts]) for i in range(3))
+                self.sites[name].neuron.replay_hooks(CountedSteps(drive=drive, spikes=spikes, v_seq=v_seq,
+                                                                  v_start=self._v_start[name], v_last=parts[-1][3]))
+
+
+def _join(parts: list) -> torch.Tensor | None:
+    """Chunks of one sequence joined along time (None when the sequence was not computed)."""
+    if parts[0] is None:
+        return None
+    return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+
+
+def record(snn: "SpikingModel", x: torch.Tensor, what: Iterable[str] | str = ("spikes", "v"),
+           sites: Iterable[str] | str | None = None, timesteps: int | None = None,
+           time_major: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Run ``snn`` once on the static batch ``x``; return ``{site: {what: tensor}}`` for the counted steps.
+
+    ``what``: any of ``drive``, ``spikes``, ``v``, ``output`` (sequences, ``[T, B, ...]``) and
+    ``rate``, ``drive_mean`` (means over the counted steps, ``[B, ...]``), as for
+    ``snn.record`` (module docstring). ``sites``: names (default: every site, in network
+    order). ``timesteps``: the counted T (default ``snn.timesteps``); ``time_major``: ``x`` is
+    a ``[T, B, ...]`` sequence (see ``SpikingModel.forward``). An uncounted warm-up is
+    left out (use ``snn.record`` to see it); the same call gives the same spikes on every
+    backend. Runs without gradients.
+    """
+    from .runtime import SpikingModel  # the runtime imports this module
+
+    if not isinstance(snn, SpikingModel):
+        raise InputError(f"snnbridge.record takes a converted model (what snnbridge.convert or snnbridge.load "
+                         f"return), got {type(snn).__name__}.")
+    what = (what,) if isinstance(what, str) else tuple(what)
+    bad = [k for k in what if k not in KEEP]
+    if bad or not what:
+        hint = did_you_mean(bad[0], KEEP) if bad else ""
+        raise InputError(f"snnbridge.record cannot record what={bad[0] if bad else 'nothing'!r}.{hint} what may "
+                         f"hold: {', '.join(KEEP)}.")
+    with torch.no_grad(), snn.record(sites, keep=what) as rec:
+        snn(x, timesteps, time_major=time_major)
+    out = {}
+    for name in rec.sites:
+        trace = rec[name]
+        out[name] = {k: trace.counted(k) if k in SEQUENCES else getattr(trace, k) for k in what}
+    return out

@@ -27,25 +27,30 @@ may skip the first counted steps when averaging the output ("delayed evaluation"
 ``sweep`` applies it for every prefix length.
 
 Recording. ``with snn.record(sites, keep=(...)) as rec:`` records what sites see and do
-during the runs in the block (:mod:`snnbridge.recording`).
+during the runs in the block (:mod:`snnbridge.recording`). Framework monitors on the
+neurons (SpikingJelly ``monitor.*``, hooks on ``snntorch.Leaky``) are silenced during a run
+and replayed once at its end with the counted steps (:class:`~snnbridge.recording.HookReplay`),
+so chunking and pre-simulation never split or pad their records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import threading
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import fx, nn
 
-from .corrections import DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck
-from .errors import InputError
+from .corrections import DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck, check_runnable
+from .errors import BackendError, InputError
 from .feeding import Feed, feeding_layer
 from .graph import ConversionGraph, site_attr, site_of
 from .neurons import NeuronLayer
 from .plan import RunPlan, current_plan
-from .recording import Recording
+from .recording import HookReplay, Recording
 from .sites import SiteInfo
 from .spec import NeuronSpec
 from .timeline import RunState, TimeExpand
@@ -56,6 +61,27 @@ from .timeline import RunState, TimeExpand
 #: of 64 cost 1.7x, mostly in page faults of fresh large tensors); on a GPU large chunks win.
 CPU_CHUNK_ELEMENTS = 1 << 20
 GPU_CHUNK_ELEMENTS = 1 << 25
+_OWNERS = threading.Lock()  # guards RunState.owner / depth
+
+
+@contextlib.contextmanager
+def _exclusive(state: RunState):
+    """Hold a model's run state for this thread: the state of a run (time chunk, membranes) is the model's own,
+    so two threads running one model at once would mix their runs. Nested runs of the same thread pass."""
+    me = threading.get_ident()
+    with _OWNERS:
+        if state.owner is not None and state.owner != me:
+            raise InputError("this SNN is running in another thread; one model keeps the state of one run (membrane "
+                             "potentials, the current time chunk). Give each thread its own copy: "
+                             "copy.deepcopy(snn).")
+        state.owner, state.depth = me, state.depth + 1
+    try:
+        yield
+    finally:
+        with _OWNERS:
+            state.depth -= 1
+            if state.depth == 0:
+                state.owner = None
 
 
 class SpikingSite(nn.Module):
@@ -81,6 +107,7 @@ class SpikingSite(nn.Module):
 
     @property
     def name(self) -> str:
+        """The site's name (``snn.sites`` key)."""
         return self.info.name
 
     @property
@@ -93,7 +120,7 @@ class SpikingSite(nn.Module):
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Unmerge ``x`` to ``[n, B, ...]`` (broadcasting a static input over time)."""
         n, b = self._state.n, self._state.batch
-        if self.static_input:
+        if self.static_input and not self._state.sequence:
             return x.unsqueeze(0).expand(n, *x.shape)
         return x.view(n, b, *x.shape[1:])
 
@@ -115,6 +142,7 @@ class SpikingSite(nn.Module):
         self._set(v=v0, mask=mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One time chunk: the site's merged ``[n*B, ...]`` input in, weighted spikes out (same layout)."""
         x_seq = self.sequence(x)
         t0, W = self._state.t0, self._state.warmup
         if t0 == 0 or self.v is None:
@@ -142,6 +170,12 @@ class SpikingSite(nn.Module):
             self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, self.spec.threshold_tensor(res.spikes[0], 1)))
         in_presim = start < W
         drive = self.spec.biased(seq, start if in_presim else start - W)
+        if drive.requires_grad and not self.neuron.differentiable and torch.is_grad_enabled():
+            raise BackendError(
+                f"gradients cannot pass the {self.neuron.backend_name!r} backend's neurons (site {self.name!r}): they "
+                "have no surrogate gradient, so a backward would silently train only the layers after the last "
+                "neurons. Run the SNN under torch.no_grad() (or keep its parameters at requires_grad=False), or "
+                "convert with backend='spikingjelly' or 'snntorch', whose neurons have surrogate gradients.")
         keep = in_presim and bool(self.corrections)
         recordings = self._state.recordings
         v_start = self.v
@@ -153,7 +187,7 @@ class SpikingSite(nn.Module):
         if self.mask is not None and not in_presim:
             out = out * self.mask
         for rec in recordings:
-            rec.capture(self, drive, result, out, counted=not in_presim)
+            rec.capture(self, drive, result, out, counted=not in_presim, v_start=v_start)
         return out
 
     def clear_state(self) -> None:
@@ -214,6 +248,7 @@ class SpikingModel(nn.Module):
     @classmethod
     def build(cls, graph: ConversionGraph, specs: dict[str, NeuronSpec], factory, *, timesteps: int,
               input_shape=None, recipe=None, report=None) -> "SpikingModel":
+        """Swap every site of a converted graph (a copy) for neurons from ``factory`` and mark what is temporal."""
         gm = copy.deepcopy(graph.module)
         state = RunState()
         site_nodes = {}
@@ -276,6 +311,7 @@ class SpikingModel(nn.Module):
 
     @property
     def specs(self) -> dict[str, NeuronSpec]:
+        """name -> the site's :class:`NeuronSpec` (change one with :meth:`set_spec`)."""
         return {n: s.spec for n, s in self.sites.items()}
 
     def set_spec(self, name: str, spec: NeuronSpec) -> None:
@@ -323,25 +359,50 @@ class SpikingModel(nn.Module):
         return feeding_layer(self.graph_module, site)
 
     # -- running ------------------------------------------------------------------------------------------
-    def _check_input(self, x: Any) -> torch.Tensor:
+    def _check_input(self, x: Any, time_major: bool) -> torch.Tensor:
+        """``x`` as a float tensor on the model's device, or an :class:`InputError` naming the fix."""
         if not isinstance(x, torch.Tensor):
-            raise InputError(f"the SNN takes a torch.Tensor batch shaped [B, ...], got {type(x).__name__}.")
+            layout = "[T, B, ...] sequence" if time_major else "[B, ...] batch"
+            raise InputError(f"the SNN takes a torch.Tensor {layout}, got {type(x).__name__}.")
         if not torch.is_floating_point(x):
-            x = x.float()
+            raise InputError(f"the input is a {x.dtype} tensor; the SNN takes floating-point inputs prepared as for the "
+                             "ANN: convert with x.float() and normalise as in training (uint8 images: "
+                             "x.float() / 255, then the training mean/std).")
+        lead = 2 if time_major else 1
         if self.input_shape is not None:
-            want = (x.dim() == len(self.input_shape) + 1 and tuple(x.shape[1:]) == self.input_shape)
-            if not want:
-                hint = (" It looks like a single sample: add the batch dimension with x.unsqueeze(0)."
-                        if tuple(x.shape) == self.input_shape else "")
+            sample = tuple(x.shape[lead:])
+            if x.dim() != len(self.input_shape) + lead or sample != self.input_shape:
+                want = ("[T, B, " if time_major else "[B, ") + ", ".join(map(str, self.input_shape)) + "]"
                 raise InputError(f"input of shape {tuple(x.shape)} does not match the shape the model was converted "
-                                 f"with, [B, {', '.join(map(str, self.input_shape))}].{hint} Pass a static batch (not "
-                                 "a [T, B, ...] sequence): the SNN repeats it over time itself.")
+                                 f"with, {want}.{self._shape_hint(x, time_major)}")
+        if x.dim() <= lead - 1 or x.shape[0] == 0 or (time_major and x.shape[1] == 0):
+            raise InputError(f"the input of shape {tuple(x.shape)} holds no sample; pass at least one.")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise InputError(f"the input contains {bad} NaN/Inf value(s); clean it (e.g. torch.nan_to_num) before "
                              "running the SNN.")
-        device = next((p.device for p in self.parameters()), None)
-        return x.to(device) if device is not None else x
+        param = next(self.parameters(), None)
+        return x if param is None else x.to(device=param.device, dtype=param.dtype)  # e.g. float32 data, .half() SNN
+
+    def _shape_hint(self, x: torch.Tensor, time_major: bool) -> str:
+        """The likely mistake behind an input of the wrong shape."""
+        shape, want = tuple(x.shape), self.input_shape or ()
+        if not time_major and shape == want:
+            return " It looks like a single sample: add the batch dimension with x.unsqueeze(0)."
+        if not time_major and x.dim() == len(want) + 2 and shape[2:] == want:
+            return (" It looks like a [T, B, ...] sequence: pass time_major=True (snn(x_seq, time_major=True)) to "
+                    "feed one input per step.")
+        if time_major and x.dim() == len(want) + 1 and shape[1:] == want:
+            return " It is a static [B, ...] batch: drop time_major=True, the SNN repeats it over time itself."
+        if x.dim() == len(want) + (2 if time_major else 1) and len(want) >= 2:
+            got = "x".join(map(str, shape[-(len(want) - 1):]))
+            size = "x".join(map(str, want[1:]))
+            if shape[-len(want)] != want[0]:
+                return (f" It has {shape[-len(want)]} channel(s) where the model takes {want[0]}; check grey-scale "
+                        "vs RGB and the channel position ([B, C, H, W]).")
+            return (f" The samples are {got} where the model was converted with {size}: resize the inputs, or "
+                    "convert again with calibration data of this size.")
+        return ""
 
     def _chunk(self, sites, lookahead: int, batch: int, total: int, device: torch.device) -> int:
         floor = max(1, lookahead)  # a site's look-ahead must fit in the first chunk
@@ -361,48 +422,77 @@ class SpikingModel(nn.Module):
             self._plan = plan
         return plan
 
-    def _chunks(self, x: torch.Tensor, timesteps: int | None, graph: str, consume) -> tuple:
-        """Run the prefix once, then ``graph`` ("body" or "head") per time chunk; ``consume(t0, n, y)`` takes
-        each chunk's result. Returns the prefix's static values."""
-        T = self.timesteps if timesteps is None else int(timesteps)
+    def _chunks(self, *args, **kwargs) -> tuple:
+        """:meth:`_run_chunks` with the model held by this thread (a second thread gets a clear error)."""
+        with _exclusive(self._state):
+            return self._run_chunks(*args, **kwargs)
+
+    def _run_chunks(self, x: torch.Tensor, timesteps: int | None, graph: str, consume,
+                    time_major: bool = False) -> tuple:
+        """Run the prefix once (per chunk for a sequence input), then ``graph`` ("body", "head" or "until:<site>")
+        per time chunk; ``consume(t0, n, y)`` takes each chunk's result. Returns the prefix's static values."""
+        if time_major:
+            T = x.shape[0]
+            if timesteps is not None and int(timesteps) != T:
+                raise InputError(f"a [T, B, ...] sequence of {T} steps was given with timesteps={timesteps}; the "
+                                 "sequence sets T: leave timesteps out, or slice the sequence.")
+        else:
+            T = self.timesteps if timesteps is None else int(timesteps)
         if T < 1:
             raise InputError(f"timesteps must be >= 1, got {T}.")
         for check in self.timestep_checks:
             check(self, T)
+        check_runnable(self, T)  # per-step tables set by hand, too: one error before any step
         plan = self.plan
         sites = list(self.sites.values())
         warmup, lookahead = self._presim_steps(sites)
+        if time_major and warmup:
+            raise InputError(f"this SNN runs {warmup} uncounted warm-up steps on its input before counting (a network "
+                             "pre-simulation correction such as srp or cos), which is defined for a static input "
+                             "only; pass a static [B, ...] batch, or convert without that correction.")
         total = warmup + T
         state = self._state
-        state.batch = x.shape[0]
-        state.warmup = warmup
+        batch = x.shape[1] if time_major else x.shape[0]
+        state.batch, state.warmup, state.sequence = batch, warmup, time_major
         for site in sites:
             site.clear_state()
-        chunk = self._chunk(sites, lookahead, x.shape[0], total, x.device)
-        static = plan.prefix(x)
+        chunk = self._chunk(sites, lookahead, batch, total, x.device)
         step = plan.until(graph[len("until:"):]) if graph.startswith("until:") else getattr(plan, graph)
-        for rec in state.recordings:
-            rec.begin_run(state.warmup)
-        t0 = 0
-        while t0 < total:
-            n = min(chunk, total - t0)
-            state.n, state.t0 = n, t0
-            consume(t0, n, step(*static))
-            t0 += n
-        for rec in state.recordings:
-            rec.end_run()
+        replay = HookReplay.start(sites, state.recordings)  # framework monitors on the neurons: one record per run
+        try:
+            static = () if time_major else plan.prefix(x)
+            for rec in state.recordings:
+                rec.begin_run(state.warmup)
+            t0 = 0
+            while t0 < total:
+                n = min(chunk, total - t0)
+                state.n, state.t0 = n, t0
+                if time_major:  # the layers before the first neurons run on every step's input
+                    static = plan.prefix(x[t0:t0 + n].reshape(n * batch, *x.shape[2:]))
+                consume(t0, n, step(*static))
+                t0 += n
+            for rec in state.recordings:
+                rec.end_run()
+        finally:
+            state.sequence = False
+            if replay is not None:
+                replay.stop(state.recordings)
+        if replay is not None:
+            replay.fire()
         if self.input_shape is None:
-            self.input_shape = tuple(x.shape[1:])
+            self.input_shape = tuple(x.shape[2 if time_major else 1:])
         return static
 
-    def run(self, x: torch.Tensor, timesteps: int | None = None, *, until: str | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, timesteps: int | None = None, *, until: str | None = None,
+            time_major: bool = False) -> torch.Tensor:
         """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included).
 
         ``until``: stop after that site: only the layers it depends on run, and its per-step
         output (weighted spikes, masks applied) is returned. Plugins that calibrate site by site
         use it to skip the rest of the network (recordings of the sites that ran still work).
+        ``time_major``: ``x`` is a ``[T, B, ...]`` sequence, one input per step (see :meth:`forward`).
         """
-        x = self._check_input(x)
+        x = self._check_input(x, time_major)
         if until is not None and until not in self._site_names:
             raise InputError(f"the SNN has no site {until!r}; its sites are {', '.join(self._site_names)}.")
         outs = []
@@ -410,23 +500,36 @@ class SpikingModel(nn.Module):
         def keep(t0, n, y):
             if not isinstance(y, torch.Tensor):
                 raise InputError("the converted model must return one tensor per step.")
-            outs.append(y.view(n, x.shape[0], *y.shape[1:]))
+            outs.append(y.view(n, self._state.batch, *y.shape[1:]))
 
-        self._chunks(x, timesteps, "body" if until is None else f"until:{until}", keep)
+        self._chunks(x, timesteps, "body" if until is None else f"until:{until}", keep, time_major)
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
-    def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+    def steps(self, x: torch.Tensor, timesteps: int | None = None, *, time_major: bool = False) -> torch.Tensor:
+        """Per-step outputs of the last layer for the T counted steps, ``[T, B, ...]`` (pre-simulation left out).
+
+        What snnTorch's and SpikingJelly's losses and accuracy functions take (e.g.
+        ``snntorch.functional.accuracy_rate``); ``forward`` is its mean over the decoded steps.
+        """
+        return self.run(x, timesteps, time_major=time_major)[self.warmup:]
+
+    def forward(self, x: torch.Tensor, timesteps: int | None = None, *, time_major: bool = False) -> torch.Tensor:
         """Run the pre-simulation plus T steps on the static batch ``x``; return the decoded output.
 
         The output is the mean of the last layer over the counted steps (after the decoding
         delay, if a plugin set one). With ``forward_on_means`` and affine layers after the last
         neurons, those layers run once on the mean of their inputs (same result up to rounding).
+
+        ``time_major=True``: ``x`` is a ``[T, B, ...]`` sequence (event frames, encoded
+        spikes): step ``t`` gets ``x[t]``, so the layers before the first neurons run on every
+        step instead of once, and T is the sequence length. On a sequence that repeats one
+        batch this equals the static path (up to float rounding).
         """
         plan = self.plan
-        if not (self.forward_on_means and plan.tail_is_affine):
-            per_step = self.run(x, timesteps)[self.warmup:]
+        if time_major or not (self.forward_on_means and plan.tail_is_affine):
+            per_step = self.run(x, timesteps, time_major=time_major)[self.warmup:]
             return per_step[self.decode_start(per_step.shape[0]):].mean(0)
-        x = self._check_input(x)
+        x = self._check_input(x, False)
         T = self.timesteps if timesteps is None else int(timesteps)
         warmup = self.warmup
         first = warmup + self.decode_start(T)  # absolute index of the first decoded step
@@ -443,12 +546,12 @@ class SpikingModel(nn.Module):
         self._state.n = 1  # the tail runs once, on [B, ...] means
         return plan.tail(*[static[i] for i in plan.tail_static], *[v / count for v in sums])
 
-    def sweep(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+    def sweep(self, x: torch.Tensor, timesteps: int | None = None, *, time_major: bool = False) -> torch.Tensor:
         """Decoded output after each of 1..T counted steps, ``[T, B, ...]``, from one run.
 
         Entry ``t-1`` is exactly what ``forward(x, timesteps=t)`` returns.
         """
-        per_step = self.run(x, timesteps)[self.warmup:]
+        per_step = self.run(x, timesteps, time_major=time_major)[self.warmup:]
         T = per_step.shape[0]
         zero = torch.zeros_like(per_step[:1])
         csum = torch.cat([zero, per_step.cumsum(0)], 0)  # csum[t] = sum of steps 1..t
@@ -456,6 +559,15 @@ class SpikingModel(nn.Module):
         starts = torch.tensor([self.decode_start(t) for t in range(1, T + 1)], device=per_step.device)
         shape = [-1] + [1] * (per_step.dim() - 1)
         return (csum[ends] - csum[starts]) / (ends - starts).to(per_step.dtype).view(shape)
+
+    def train(self, mode: bool = True) -> "SpikingModel":
+        """Set training mode (SpikingJelly/snnTorch neurons see it), keeping BatchNorm layers the conversion kept
+        in eval mode: their statistics are the ANN's, and batch statistics over time steps would change the SNN."""
+        super().train(mode)
+        for m in self.graph_module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
 
     def extra_repr(self) -> str:
         return f"backend={self.backend_name}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"

@@ -15,8 +15,9 @@ from torch import nn
 class RunState:
     """Where the current chunk lies: ``n`` steps from absolute step ``t0`` of a batch of ``batch``.
 
-    ``warmup``: the uncounted network pre-simulation steps of this run; ``recordings``: the
-    active :class:`~snnbridge.recording.Recording` objects (never pickled).
+    ``warmup``: the uncounted network pre-simulation steps of this run; ``sequence``: the
+    input is a ``[T, B, ...]`` sequence (every value is temporal, nothing is broadcast);
+    ``recordings``: the active :class:`~snnbridge.recording.Recording` objects (never pickled).
     """
 
     def __init__(self):
@@ -24,11 +25,16 @@ class RunState:
         self.t0 = 0
         self.batch = 0
         self.warmup = 0
+        self.sequence = False
         self.recordings: list = []
+        #: the thread running the model now (None when idle) and its nesting depth
+        self.owner: int | None = None
+        self.depth = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["recordings"] = []
+        state["owner"], state["depth"] = None, 0  # a copy is idle, whatever the original is doing
         return state
 
 
@@ -40,7 +46,7 @@ class TimeExpand(nn.Module):
         self._state = state
 
     def forward(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() == 0:
-            return x
+        if self._state.sequence or not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return x  # a sequence input is already in the merged layout
         n = self._state.n
         return x.unsqueeze(0).expand(n, *x.shape).reshape(n * x.shape[0], *x.shape[1:])
