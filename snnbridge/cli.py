@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="show only these plugins")
     p.add_argument("--json", action="store_true", help="print a JSON list (all details)")
     p.add_argument("--all", action="store_true", help="show every detail: reference, capabilities, option ranges")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the method table (plugin, paper, stages, options, stacks with, T-specific) in Markdown")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("convert", help="convert an ANN into an SNN with a recipe and save it",
@@ -320,6 +322,15 @@ def _fmt_default(value: Any) -> str:
 def cmd_plugins(args) -> int:
     from .plugin_manager import get_registry
 
+    if args.markdown:
+        from .catalog import markdown, method_rows
+
+        rows = method_rows()
+        if args.names:
+            wanted = {get_registry().canonical(n) for n in args.names}
+            rows = [r for r in rows if r["plugin"] in wanted]
+        print(markdown(rows))
+        return 0
     records = get_registry().records(args.names)
     if args.json:
         print(json.dumps(records, indent=2))

@@ -29,6 +29,7 @@ class NeuronFactory:
         return {"backend": self.backend, "options": self.options, "_registry": None}
 
     def __call__(self, spec: NeuronSpec) -> NeuronLayer:
+        """The backend's neurons realizing ``spec``."""
         registry = self._registry or get_registry()
         layer = registry.call(self.backend, "snnbridge_make_neuron", spec=spec, options=self.options)
         if not isinstance(layer, NeuronLayer):

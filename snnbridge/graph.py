@@ -126,6 +126,7 @@ class ConversionGraph:
     report: dict[str, list[str]] = field(default_factory=dict)
 
     def site_modules(self) -> dict[str, ActivationSite]:
+        """name -> the :class:`ActivationSite` module of each site in ``module``."""
         return {name: self.module.get_submodule(site_attr(name)) for name in self.sites}
 
 

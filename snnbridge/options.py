@@ -39,6 +39,7 @@ class Option:
     required: bool = False
 
     def type_name(self) -> str:
+        """The declared type as shown in messages and listings (``"float or null"``)."""
         name = _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
         return name + (" or null" if self.nullable else "")
 

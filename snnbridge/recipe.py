@@ -61,9 +61,11 @@ class Recipe:
 
     @property
     def names(self) -> list[str]:
+        """Plugin names in recipe order (canonical names)."""
         return [e.name for e in self.entries]
 
     def entry(self, name: str) -> RecipeEntry | None:
+        """The entry of plugin ``name`` (aliases accepted), or None when the recipe does not hold it."""
         return next((e for e in self.entries if e.name == self.registry.canonical(name)), None)
 
     def active_provider(self, capability: str) -> RecipeEntry | None:
@@ -85,6 +87,7 @@ class Recipe:
         return None
 
     def provides(self, capability: str) -> bool:
+        """Whether some entry of the recipe provides ``capability`` (see :data:`snnbridge.CAPABILITIES`)."""
         return self.active_provider(capability) is not None
 
     def is_active(self, plugin: str, capability: str) -> bool:

@@ -41,6 +41,7 @@ class SiteInfo:
 
     @property
     def channels(self) -> int | None:
+        """The activation's channel count (``shape[0]``), or None before the first observation."""
         return None if self.shape is None else self.shape[0]
 
 

@@ -478,7 +478,7 @@ def markdown_table() -> str:
                 case.call(Env(model=_net(), tmp=Path(tmp)))
                 message = "(no error)"
             except Exception as exc:  # noqa: BLE001 - the table shows whatever happens
-                message = str(exc).replace("\n", " ")
+                message = str(exc).replace("\n", " ").replace(str(Path(tmp).resolve()), "<tmp>").replace(tmp, "<tmp>")
         excerpt = message if len(message) <= 150 else message[:147] + "..."
         rows.append(f"| {case.given} | `{case.entry}` | `{case.error.__name__}` | "
                     f"{excerpt.replace('|', '/')} |")
