@@ -290,7 +290,8 @@ class SpikingJellyLayer(NeuronLayer):
             x, s, v_seq, v0, v1 = steps.drive, steps.spikes, steps.v_seq, steps.v_start, steps.v_last
             if self.groups:
                 idx = getattr(self, self.groups[k])
-                x, s, v0, v1 = x.index_select(2, idx), s.index_select(2, idx), v0.index_select(1, idx), v1.index_select(1, idx)
+                x, s = x.index_select(2, idx), s.index_select(2, idx)
+                v0, v1 = v0.index_select(1, idx), v1.index_select(1, idx)
                 v_seq = v_seq.index_select(2, idx) if v_seq is not None else None
             if node.step_mode == "m":
                 node.v = v0
@@ -331,7 +332,8 @@ class SpikingJellyLayer(NeuronLayer):
         chosen = os.environ.get(var, "auto")
         if chosen != kernel:
             raise BackendError(
-                f"kernel={kernel!r}: SpikingJelly 2 picks the CUDA kernel of {type(node).__name__} from the environment "
+                f"kernel={kernel!r}: SpikingJelly 2 picks the CUDA kernel of {type(node).__name__} from the "
+                "environment "
                 f"variable {var} (now {chosen!r}), read when spikingjelly is imported. Set {var}={kernel} before "
                 "starting Python, or use kernel='auto'.")
 

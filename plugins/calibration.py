@@ -34,8 +34,16 @@ import math
 import torch
 from torch.func import functional_call
 
-from snnbridge import (EMAMaxObserver, EMAObserver, MeanObserver, Option, PluginConflictError, PluginInfo, channels,
-                       hookimpl)
+from snnbridge import (
+    EMAMaxObserver,
+    EMAObserver,
+    MeanObserver,
+    Option,
+    PluginConflictError,
+    PluginInfo,
+    channels,
+    hookimpl,
+)
 
 NAME = "snn_calibration"
 ALIASES = ("calibration",)
@@ -49,7 +57,8 @@ def snnbridge_plugin_info():
         summary="SNN Calibration: MSE clipping-threshold search, +theta/(2T) per step, bias / potential / weight "
                 "calibration against the untouched ANN (T-specific)",
         reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration, "
-                  "ICML 2021; Li et al., Converting ANNs to SNNs via Parameter Calibration, arXiv:2205.10121 (IJCV 2024)",
+                  "ICML 2021; Li et al., Converting ANNs to SNNs via Parameter Calibration, arXiv:2205.10121 (IJCV "
+                  "2024)",
         fallback=("threshold", "step_shift"), after=("threshold", "v0_base", "step_shift"), needs_data=True,
         t_specific=True, aliases=ALIASES)
 
@@ -244,7 +253,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
     xs, ds, As = [], [], []
     for x in batches:
         seen = []
-        handle = feed.layer.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+        handle = feed.layer.register_forward_hook(lambda m, i, o, seen=seen: seen.append(i[0].detach()))
         try:
             with torch.no_grad(), snn.record(name, keep="drive_mean") as rec:
                 snn.run(x, timesteps=T, until=name)

@@ -108,7 +108,8 @@ def snnbridge_add_options():
                "timesteps (the official code fixes 32)", nullable=True, check=_positive_int_or_none,
                check_help="shift_T >= 1"),
         Option("train_shift_T", int, None, "shift the training activation right by y_th/(2 T_ref) (official "
-               "--shift_relu; unset = off)", nullable=True, check=_positive_int_or_none, check_help="train_shift_T >= 1"),
+               "--shift_relu; unset = off)", nullable=True, check=_positive_int_or_none,
+               check_help="train_shift_T >= 1"),
     ]
 
 

@@ -1,4 +1,6 @@
-"""Local threshold balancing (Bu, Li, Yu; CVPR 2025, arXiv:2409.03368). Code: github.com/putshua/Inference-scale-ANN-SNN.
+"""Local threshold balancing (Bu, Li, Yu; CVPR 2025, arXiv:2409.03368).
+
+Official code: github.com/putshua/Inference-scale-ANN-SNN.
 
 Training-free conversion in four parts:
 

@@ -30,7 +30,8 @@ NAME = "opi"
 @hookimpl
 def snnbridge_plugin_info():
     return PluginInfo(summary="initial membrane potential v0 = fraction * theta (default theta/2)",
-                      reference="Bu et al., Optimized Potential Initialization for Low-latency Spiking Neural Networks, "
+                      reference="Bu et al., Optimized Potential Initialization for Low-latency Spiking Neural "
+                                "Networks, "
                                 "AAAI 2022",
                       provides=("v0_base",), conflicts=("step_shift",))
 

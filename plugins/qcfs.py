@@ -75,7 +75,8 @@ class QCFSClaim:
 @hookimpl
 def snnbridge_plugin_info():
     return PluginInfo(
-        summary="QCFS activation for training (trainable lambda, L levels); converts with theta = lambda, v0 = phi*theta",
+        summary="QCFS activation for training (trainable lambda, L levels); converts with theta = lambda, v0 = "
+                "phi*theta",
         reference="Bu et al., Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency Spiking Neural "
                   "Networks, ICLR 2022",
         provides=("activation", "threshold", "quantized_ann"), fallback=("v0_base",))
@@ -126,8 +127,10 @@ def snnbridge_estimate_threshold(ctx, options):
         lam = float(site_qcfs(ctx, name).lam.detach())
         if not (lam > 0 and math.isfinite(lam)):
             raise InputError(
-                f"plugin {NAME!r}: site {name!r} has a QCFS threshold lambda = {lam:g}; the SNN threshold theta = lambda "
-                "must be a finite positive number (with theta <= 0 the neurons would fire on every step). Retrain with a smaller learning rate or weight decay on lambda, or reset "
+                f"plugin {NAME!r}: site {name!r} has a QCFS threshold lambda = {lam:g}; the SNN threshold theta = "
+                "lambda "
+                "must be a finite positive number (with theta <= 0 the neurons would fire on every step). Retrain "
+                "with a smaller learning rate or weight decay on lambda, or reset "
                 "this site's lambda to a positive value before converting.")
         out[name] = lam
     return out

@@ -15,12 +15,25 @@ name exported here (``snnbridge.__all__``).
 from . import channels
 from .context import ConversionContext
 from .convert import convert
-from .corrections import (Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck,
-                          TimestepMismatchWarning)
+from .corrections import Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck, TimestepMismatchWarning
 from .diagnose import layer_report
-from .errors import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError, OptionError,
-                     PluginConflictError, PluginError, PluginLoadError, RecipeParseError, SnnbridgeError,
-                     SnnFileError, TimestepError, UnknownPluginError, UnsupportedModelError)
+from .errors import (
+                          BackendError,
+                          CalibrationError,
+                          InputError,
+                          MissingRequirementError,
+                          ModelLoadError,
+                          OptionError,
+                          PluginConflictError,
+                          PluginError,
+                          PluginLoadError,
+                          RecipeParseError,
+                          SnnbridgeError,
+                          SnnFileError,
+                          TimestepError,
+                          UnknownPluginError,
+                          UnsupportedModelError,
+)
 from .evaluate import accuracy_curve, ann_accuracy
 from .factory import NeuronFactory, make_neuron_factory
 from .feeding import Feed
@@ -28,8 +41,16 @@ from .graph import ConversionGraph, trace_for_conversion
 from .hookspecs import hookimpl
 from .io import load, save
 from .neurons import NeuronLayer, SimResult
-from .observers import (EMAMaxObserver, EMAObserver, MaxObserver, MeanObserver, Observer, PercentileObserver,
-                        ReservoirObserver, percentile)
+from .observers import (
+                          EMAMaxObserver,
+                          EMAObserver,
+                          MaxObserver,
+                          MeanObserver,
+                          Observer,
+                          PercentileObserver,
+                          ReservoirObserver,
+                          percentile,
+)
 from .options import Option
 from .plots import plot_accuracy, plot_layer_report
 from .plugin import CAPABILITIES, PluginInfo
@@ -56,7 +77,8 @@ __all__ = [
     "build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig", "DataConfig",
     "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option", "PluginLoadWarning",
     # what plugins work with
-    "NeuronSpec", "NeuronLayer", "SimResult", "NeuronFactory", "make_neuron_factory", "SiteInfo", "ConversionContext", "channels",
+    "NeuronSpec", "NeuronLayer", "SimResult", "NeuronFactory", "make_neuron_factory", "SiteInfo", "ConversionContext",
+    "channels",
     "Observer", "MaxObserver", "MeanObserver", "EMAObserver", "EMAMaxObserver", "ReservoirObserver",
     "PercentileObserver", "percentile",
     "SiteCorrection", "PresimRecord", "Adjustment", "DecodeWindow", "TimestepCheck", "TimestepMismatchWarning",

@@ -24,8 +24,9 @@ import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 PROG = "snnbridge"
 
@@ -127,11 +128,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--config", metavar="RECIPE", required=required,
-                   help="recipe file (.yaml, .yml or .toml)" + ("" if required else "; convert on the fly instead of --snn"))
+                   help="recipe file (.yaml, .yml or .toml)" + ("" if required else "; convert on the fly instead of "
+                                                                                    "--snn"))
     p.add_argument("--model", metavar="MODULE:FACTORY",
                    help="build the ANN by calling FACTORY() from MODULE, e.g. examples.cifar10.model:make_model "
                         "(may also be given as 'model:' in the config)")
-    p.add_argument("--checkpoint", metavar="FILE", help="ANN weights: a state_dict or a dict with a 'model'/'state_dict' "
+    p.add_argument("--checkpoint", metavar="FILE", help="ANN weights: a state_dict or a dict with a "
+                                                        "'model'/'state_dict' "
                    "entry")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint holding arbitrary Python objects (full pickle: only for files you trust)")
@@ -360,7 +363,8 @@ def cmd_plugins(args) -> int:
             if r["reference"]:
                 for i, line in enumerate(textwrap.wrap(r["reference"], width - 17, break_on_hyphens=False)):
                     _say(f"      {'reference: ' if i == 0 else ' ' * 11}{line}")
-            caps = [f"{k} {', '.join(r[k])}" for k in ("provides", "fallback", "requires", "conflicts", "after") if r[k]]
+            caps = [f"{k} {', '.join(r[k])}" for k in ("provides", "fallback", "requires", "conflicts", "after")
+                    if r[k]]
             if r["aliases"]:
                 caps.append(f"also named {', '.join(r['aliases'])}")
             if caps:
@@ -416,7 +420,8 @@ class _Setup:
         self.checkpoint = args.checkpoint or (cfg.checkpoint if cfg else None)
         data = cfg.data if cfg else None
         self.data_path = getattr(args, "data", None) or (data.path if data else None)
-        self.norm = {k: getattr(data, k) for k in ("image_size", "mean", "std") if data and getattr(data, k) is not None}
+        self.norm = {k: getattr(data, k) for k in ("image_size", "mean", "std")
+                     if data and getattr(data, k) is not None}
         if cfg:
             self.backend = args.backend or cfg.backend
             self.backend_options = cfg.backend_options if self.backend == cfg.backend else {}

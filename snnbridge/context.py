@@ -12,8 +12,9 @@ pairs or dicts), or, for convenience, the samples themselves (see :func:`calibra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -219,7 +220,8 @@ class ConversionContext:
         if n == 0:
             raise CalibrationError("the calibration data yielded no batches; pass a non-empty DataLoader or list.")
 
-    def take(self, samples: int | None = None, *, limit: int | None = None, desc: str = "calibration") -> list[torch.Tensor]:
+    def take(self, samples: int | None = None, *, limit: int | None = None,
+             desc: str = "calibration") -> list[torch.Tensor]:
         """Calibration batches holding ``samples`` images in all (the last batch cut), or every batch when None."""
         out, have = [], 0
         for x in self.batches(desc=desc, limit=limit):

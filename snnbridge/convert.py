@@ -11,7 +11,8 @@ The core owns the order and the data between stages; plugins own what happens in
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,7 +130,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     assert provider is not None  # guaranteed by recipe validation
     thresholds = registry.call(provider.name, "snnbridge_estimate_threshold", ctx=ctx, options=provider.options)
     if not isinstance(thresholds, dict) or set(thresholds) != set(graph.sites):
-        missing = sorted(set(graph.sites) - set(thresholds or {})) if isinstance(thresholds, dict) else list(graph.sites)
+        given = set(thresholds) if isinstance(thresholds, dict) else set()
+        missing = sorted(set(graph.sites) - given)
         raise PluginError(f"plugin {provider.name!r} returned thresholds for the wrong sites (missing: "
                           f"{', '.join(missing) or 'none'}); a threshold estimator must return a dict with one "
                           "threshold per site.")

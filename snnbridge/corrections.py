@@ -124,7 +124,7 @@ class SiteCorrection(Savable):
     presim_steps: int = 0
     scope: str = "layer"
 
-    def adjust(self, site: "SpikingSite", record: PresimRecord, v0: torch.Tensor) -> Adjustment | None:
+    def adjust(self, site: SpikingSite, record: PresimRecord, v0: torch.Tensor) -> Adjustment | None:
         """Decide the counted run's state and mask for every sample of the batch.
 
         :param site: the :class:`~snnbridge.runtime.SpikingSite`; ``site.neuron.simulate(...)``

@@ -19,9 +19,9 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -141,8 +141,7 @@ class ImageData:
                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` batches of the given images (a mix of image sizes is a DataError naming the fix)."""
         try:
-            for x, y in self.loader(indices, batch_size, workers=workers, pin_memory=pin_memory):
-                yield x, y
+            yield from self.loader(indices, batch_size, workers=workers, pin_memory=pin_memory)
         except RuntimeError as exc:
             if "stack expects each tensor to be equal size" in str(exc):
                 raise DataError(f"the images in {self.where} have different sizes; give --image-size (or "
@@ -254,7 +253,8 @@ def open_image_folder(path: str | os.PathLike, split: str | None = "train", *, i
             ds = VisibleImageFolder(str(root), transform=tf, loader=partial(_load_image, mode=mode),
                                     is_valid_file=_valid_image)
         except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"cannot read {where} as an image folder: {exc}. Expected <class>/<image> folders.") from exc
+            raise DataError(f"cannot read {where} as an image folder: {exc}. Expected <class>/<image> "
+                            "folders.") from exc
         items = [(p, label) for p, label in ds.samples]
         return ImageData(ds, where, used, list(ds.classes), items)
     if is_archive(path):

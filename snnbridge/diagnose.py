@@ -40,7 +40,8 @@ def layer_report(ann: nn.Module, snn: SpikingModel, x: torch.Tensor, timesteps: 
     ann_acts = ConversionContext(graph, timesteps=snn.timesteps, device=device).site_activations(x)
     with snn.record(keep="output") as rec:
         snn.run(x, timesteps)
-    report = {"timesteps": snn.timesteps if timesteps is None else int(timesteps), "steps_run": snn.steps_for(timesteps),
+    report = {"timesteps": snn.timesteps if timesteps is None else int(timesteps),
+              "steps_run": snn.steps_for(timesteps),
               "backend": snn.backend_name, "recipe": list(snn.recipe), "sites": []}
     for name, site in snn.sites.items():
         seq = rec[name].counted("output")  # [T, B, ...]

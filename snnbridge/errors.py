@@ -8,7 +8,7 @@ handle all of them; catch a subclass to handle one kind.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class SnnbridgeError(Exception):

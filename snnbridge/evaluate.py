@@ -13,7 +13,8 @@ The command line (``snnbridge evaluate``), the CIFAR-10 example and the benchmar
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,8 @@ STATELESS_MODULES: tuple[type, ...] = (
 DROPPED_MODULES: tuple[type, ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
-CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d), (nn.Linear, nn.BatchNorm1d))
+CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
+           (nn.Linear, nn.BatchNorm1d))
 
 LINEAR_FUNCTIONS = {
     operator.add, operator.sub, operator.neg, operator.pos, torch.add, torch.sub, torch.neg,
@@ -273,7 +275,7 @@ def _safe_name(text: str) -> str:
 
 
 def unique_site_name(node: fx.Node, taken) -> tuple[str, str]:
-    """A site name for an activation call that is not in ``taken`` (the module path or the node name), and its origin."""
+    """A site name for an activation call not in ``taken`` (the module path or the node name), and its origin."""
     origin = str(node.target if node.op == "call_module" else node.name)
     base = _safe_name(origin)
     name, k = base, 1
@@ -352,7 +354,8 @@ def _fold_batchnorm(gm: fx.GraphModule, report) -> None:
             layer = gm.get_submodule(prev.target)
             ok = any(type(layer) is lt and type(bn) is bt for lt, bt in CONV_BN)
         if not ok:
-            report["kept_bn"].append(f"{node.target} (not directly after a single-use Conv/Linear; kept as eval-mode affine)")
+            report["kept_bn"].append(f"{node.target} (not directly after a single-use Conv/Linear; kept as eval-mode "
+                                     "affine)")
             continue
         uses = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prev.target)
         fused = fold_bn_into(gm.get_submodule(prev.target), bn)
@@ -386,7 +389,7 @@ def _reorder_maxpool(gm: fx.GraphModule, sites: dict[str, SiteInfo], report) -> 
         info = sites[name]
         with gm.graph.inserting_after(node):
             moved = gm.graph.call_module(src.target, (node,))
-        node.replace_all_uses_with(moved, delete_user_cb=lambda user: user is not moved)
+        node.replace_all_uses_with(moved, delete_user_cb=lambda user, moved=moved: user is not moved)
         node.args = (src.args[0],) + tuple(node.args[1:])
         gm.graph.erase_node(src)
         info.pre_pool = str(node.target if node.op == "call_module" else node.name)
@@ -424,7 +427,7 @@ def _dims_touch_batch(node: fx.Node) -> bool:
 
 
 def _check_call(node: fx.Node) -> tuple[str, str] | None:
-    """``(op, what is wrong -> the fix)`` for a ``call_function``/``call_method`` node the runtime cannot run, or None."""
+    """``(op, the fix)`` for a ``call_function``/``call_method`` node the runtime cannot run, or None."""
     if node.op == "call_function":
         name = getattr(node.target, "__name__", str(node.target))
         label, scalar_ok, linear_ok = name, node.target in SCALAR_FUNCTIONS, node.target in LINEAR_FUNCTIONS

@@ -76,7 +76,8 @@ See :data:`snnbridge.plugin.CAPABILITIES` (and ``snnbridge plugins --all``): ``t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -116,7 +117,7 @@ DISCOVERY_HOOKS = ("snnbridge_plugin_info", "snnbridge_add_options", "snnbridge_
 
 
 @hookspec
-def snnbridge_plugin_info() -> "PluginInfo":
+def snnbridge_plugin_info() -> PluginInfo:
     """Describe the plugin (required of every plugin).
 
     Called once, when the plugin is loaded. The capabilities of the returned info drive
@@ -127,7 +128,7 @@ def snnbridge_plugin_info() -> "PluginInfo":
 
 
 @hookspec
-def snnbridge_add_options() -> "list[Option]":
+def snnbridge_add_options() -> list[Option]:
     """Declare the plugin's options.
 
     Called once, when the plugin is loaded. Used to validate recipes (unknown names get a
@@ -140,7 +141,7 @@ def snnbridge_add_options() -> "list[Option]":
 
 
 @hookspec
-def snnbridge_check_recipe(recipe: "Recipe", options: dict[str, Any]) -> None:
+def snnbridge_check_recipe(recipe: Recipe, options: dict[str, Any]) -> None:
     """Check rules that depend on the plugin's options, before any work.
 
     Called once per recipe plugin, in recipe order, after the capability rules passed.
@@ -153,7 +154,7 @@ def snnbridge_check_recipe(recipe: "Recipe", options: dict[str, Any]) -> None:
 
 
 @hookspec(firstresult=True)
-def snnbridge_claim_module(module: "nn.Module") -> Any:
+def snnbridge_claim_module(module: nn.Module) -> Any:
     """Tell the core that ``module`` is an activation to convert into neurons.
 
     Called on *every* installed plugin for the modules of a model being traced (a model
@@ -172,7 +173,7 @@ def snnbridge_claim_module(module: "nn.Module") -> Any:
 
 
 @hookspec
-def snnbridge_replace_activation(site: "SiteInfo", module: "nn.Module", options: dict[str, Any]) -> "nn.Module | None":
+def snnbridge_replace_activation(site: SiteInfo, module: nn.Module, options: dict[str, Any]) -> nn.Module | None:
     """Swap one activation for the activation to train with (e.g. QCFS).
 
     Called by :func:`snnbridge.prepare` for every activation call site, on the recipe's
@@ -191,7 +192,7 @@ def snnbridge_replace_activation(site: "SiteInfo", module: "nn.Module", options:
 
 
 @hookspec
-def snnbridge_estimate_threshold(ctx: "ConversionContext", options: dict[str, Any]) -> "dict[str, Any]":
+def snnbridge_estimate_threshold(ctx: ConversionContext, options: dict[str, Any]) -> dict[str, Any]:
     """Estimate every site's threshold.
 
     Called on the recipe's threshold provider only (``recipe.active_provider("threshold")``:
@@ -206,8 +207,8 @@ def snnbridge_estimate_threshold(ctx: "ConversionContext", options: dict[str, An
 
 
 @hookspec
-def snnbridge_configure_neuron(site: "SiteInfo", spec: "NeuronSpec", ctx: "ConversionContext",
-                               options: dict[str, Any]) -> "NeuronSpec | None":
+def snnbridge_configure_neuron(site: SiteInfo, spec: NeuronSpec, ctx: ConversionContext,
+                               options: dict[str, Any]) -> NeuronSpec | None:
     """Adjust one site's neuron spec (initial potential, per-step bias ...).
 
     Called for every site, for every recipe plugin in recipe order, after the thresholds are
@@ -222,7 +223,7 @@ def snnbridge_configure_neuron(site: "SiteInfo", spec: "NeuronSpec", ctx: "Conve
 
 
 @hookspec(firstresult=True)
-def snnbridge_make_neuron(spec: "NeuronSpec", options: dict[str, Any]) -> "NeuronLayer":
+def snnbridge_make_neuron(spec: NeuronSpec, options: dict[str, Any]) -> NeuronLayer:
     """Adapters only: build the neuron layer realizing ``spec``.
 
     Called on the backend named in ``convert(backend=...)`` only, once per site (and again
@@ -239,7 +240,7 @@ def snnbridge_make_neuron(spec: "NeuronSpec", options: dict[str, Any]) -> "Neuro
 
 
 @hookspec
-def snnbridge_correct_error(snn: "SpikingModel", ctx: "ConversionContext", options: dict[str, Any]) -> None:
+def snnbridge_correct_error(snn: SpikingModel, ctx: ConversionContext, options: dict[str, Any]) -> None:
     """Correct the converted SNN, in recipe order.
 
     Called for every recipe plugin, after the neurons are built; the SNN is already
@@ -262,7 +263,7 @@ def snnbridge_correct_error(snn: "SpikingModel", ctx: "ConversionContext", optio
 
 
 @hookspec
-def snnbridge_training_loss(options: dict[str, Any]) -> "Callable[..., Any] | None":
+def snnbridge_training_loss(options: dict[str, Any]) -> Callable[..., Any] | None:
     """Return a loss callable ``loss(outputs, targets, ...)`` for training SNNs, or ``None``.
 
     :param options: this plugin's options.
@@ -270,7 +271,7 @@ def snnbridge_training_loss(options: dict[str, Any]) -> "Callable[..., Any] | No
 
 
 @hookspec
-def snnbridge_surrogate(options: dict[str, Any]) -> "Callable[..., Any] | None":
+def snnbridge_surrogate(options: dict[str, Any]) -> Callable[..., Any] | None:
     """Return a surrogate spike function (on ``v - threshold``), or ``None``.
 
     :param options: this plugin's options.

@@ -23,8 +23,9 @@ import pickle
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ def save(snn: SpikingModel, path: str | os.PathLike, *, metadata: dict[str, Any]
         raise SnnFileError(f"architecture must be a 'module:factory' string (e.g. 'mypkg.models:make_cnn'), got "
                            f"{architecture!r}.")
     architecture = architecture or snn.architecture
-    saved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    saved_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     if pickled:
         payload: dict = {"format": PICKLE_FORMAT, "format_version": 1, **_versions(), "saved_at": saved_at,
                          "metadata": dict(metadata or {}), "snn": snn}

@@ -136,7 +136,8 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
                 obj = obj[key].state_dict()
                 break
     if not isinstance(obj, dict) or not _is_state_dict(obj):
-        what = f"a dict with keys {', '.join(sorted(map(str, obj))[:8])}" if isinstance(obj, dict) else type(obj).__name__
+        what = (f"a dict with keys {', '.join(sorted(map(str, obj))[:8])}" if isinstance(obj, dict)
+                else type(obj).__name__)
         raise ModelLoadError(f"checkpoint {str(path)!r} is not a state_dict (it holds {what}); save "
                              f"model.state_dict(), or a dict with the state_dict under one of {', '.join(STATE_KEYS)}.")
     return obj

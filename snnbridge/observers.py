@@ -44,7 +44,7 @@ class Observer:
     def reset(self) -> None:
         """Forget everything observed."""
 
-    def fresh(self) -> "Observer":
+    def fresh(self) -> Observer:
         """An empty copy with the same settings (one per site)."""
         new = copy.copy(self)
         new.reset()

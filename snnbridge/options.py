@@ -8,8 +8,9 @@ options in ``snnbridge plugins`` and in the documentation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import OptionError, did_you_mean
 

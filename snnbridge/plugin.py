@@ -9,8 +9,9 @@ another plugin's options to know what it may do.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 #: every capability the core knows, with its meaning (third-party plugins may add their own
 #: through ``PluginInfo(defines={...})``)

@@ -33,9 +33,10 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 

@@ -15,7 +15,7 @@ through :meth:`snnbridge.ConversionContext.progress_bar`), so the rules hold eve
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from tqdm.auto import tqdm
 

@@ -31,9 +31,10 @@ YAML is read with ``yaml.safe_load``: Python tags are refused.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -129,7 +130,8 @@ def _entries(recipe: Any) -> list[tuple[Any, Mapping[str, Any] | None]]:
                     "entry must name exactly one plugin: write separate entries like [{'a': {...}}, {'b': {...}}].")
             (name, opts), = entry.items()
             if opts is not None and not isinstance(opts, Mapping):
-                raise RecipeParseError(f"options of recipe entry {name!r} must be a mapping (e.g. {{percentile: 99.9}}), "
+                raise RecipeParseError(f"options of recipe entry {name!r} must be a mapping (e.g. "
+                                       f"{{percentile: 99.9}}), "
                                        f"got {type(opts).__name__} {opts!r}.")
             out.append((name, opts))
         elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], (Mapping, type(None))):
@@ -137,7 +139,8 @@ def _entries(recipe: Any) -> list[tuple[Any, Mapping[str, Any] | None]]:
         elif entry is None:
             raise RecipeParseError(f"recipe entry {i + 1} is empty; remove it or name a plugin.")
         elif isinstance(entry, (int, float, bool, list, tuple, bytes)):
-            raise RecipeParseError(f"recipe entry {i + 1} is {type(entry).__name__} {entry!r}; recipe entries are plugin "
+            raise RecipeParseError(f"recipe entry {i + 1} is {type(entry).__name__} {entry!r}; recipe entries are "
+                                   "plugin "
                                    "names, {name: options} mappings or plugin objects, e.g. ['maxnorm', 'opi'].")
         else:
             out.append((entry, None))  # a plugin object
@@ -166,7 +169,8 @@ def build_recipe(recipe: Any, *, registry: Registry | None = None, for_conversio
     for entry, given in entries:
         name = entry if isinstance(entry, str) else plugin_object_name(entry)
         if not isinstance(name, str):
-            raise RecipeParseError(f"recipe entries must be plugin names, {{name: options}} mappings or plugin objects; "
+            raise RecipeParseError(f"recipe entries must be plugin names, {{name: options}} mappings or plugin "
+                                   "objects; "
                                    f"got {entry!r}.")
         name = registry.require(name, kind="method")
         info = registry.info(name)
@@ -217,7 +221,8 @@ def _check_capabilities(entries: list[RecipeEntry], registry: Registry, for_conv
         for cap in e.info.after:
             later = [o.name for o in entries[i + 1:] if cap in o.info.provides]
             if later:
-                raise PluginConflictError(f"plugin {e.name!r} must come after {later[0]!r} (the {_CAP_WORDS.get(cap, cap)}"
+                raise PluginConflictError(f"plugin {e.name!r} must come after {later[0]!r} (the "
+                                          f"{_CAP_WORDS.get(cap, cap)}"
                                           f" it builds on); reorder the recipe to put {later[0]!r} first.")
     if for_conversion and not any("threshold" in e.info.provides or "threshold" in e.info.fallback for e in entries):
         raise MissingRequirementError(

@@ -32,8 +32,9 @@ record per run: see :mod:`snnbridge.neurons`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -82,7 +83,7 @@ class _RunCapture:
         self.drive_sum: torch.Tensor | None = None
         self.counted_steps = 0
 
-    def add(self, drive: torch.Tensor, result: "SimResult", output: torch.Tensor, counted: bool) -> None:
+    def add(self, drive: torch.Tensor, result: SimResult, output: torch.Tensor, counted: bool) -> None:
         values = {"drive": lambda: drive, "spikes": lambda: result.spikes, "v": lambda: result.v_seq,
                   "output": lambda: output}  # only what is kept is computed (spikes may be derived)
         for k, parts in self.parts.items():
@@ -112,7 +113,7 @@ class _RunCapture:
 class Recording:
     """The record of the runs made inside one ``with snn.record(...)`` block (see the module docstring)."""
 
-    def __init__(self, snn: "SpikingModel", sites: Iterable[str] | str | None = None,
+    def __init__(self, snn: SpikingModel, sites: Iterable[str] | str | None = None,
                  keep: Iterable[str] | str = ("spikes",)):
         names = list(snn.sites) if sites is None else ([sites] if isinstance(sites, str) else list(sites))
         unknown = [n for n in names if n not in snn.sites]
@@ -122,7 +123,8 @@ class Recording:
         keep = (keep,) if isinstance(keep, str) else tuple(keep)
         bad = [k for k in keep if k not in KEEP]
         if bad or not keep:
-            raise InputError(f"cannot record {bad[0] if bad else 'nothing'!r}.{did_you_mean(bad[0], KEEP) if bad else ''}"
+            raise InputError("cannot record "
+                             f"{bad[0] if bad else 'nothing'!r}.{did_you_mean(bad[0], KEEP) if bad else ''}"
                              f" keep may hold: {', '.join(KEEP)}.")
         self.snn = snn
         self.sites = names
@@ -142,7 +144,7 @@ class Recording:
         self._warmup = int(warmup)
         self._current = {n: _RunCapture(self.keep) for n in self.sites}
 
-    def capture(self, site: "SpikingSite", drive: torch.Tensor, result: "SimResult", output: torch.Tensor,
+    def capture(self, site: SpikingSite, drive: torch.Tensor, result: SimResult, output: torch.Tensor,
                 counted: bool, v_start: torch.Tensor | None = None) -> None:
         """Called by the runtime for each chunk a site ran (``counted``: False during a pre-simulation)."""
         if self._current is not None and site.name in self._current:
@@ -194,7 +196,7 @@ class Recording:
             raise InputError("nothing was recorded: run the SNN inside the `with snn.record(...)` block.")
         return total / n
 
-    def __enter__(self) -> "Recording":
+    def __enter__(self) -> Recording:
         self.snn._state.recordings.append(self)
         return self
 
@@ -215,14 +217,14 @@ class HookReplay:
     look-ahead) are never shown to the hooks, and chunking does not split the record.
     """
 
-    def __init__(self, sites: list["SpikingSite"]):
+    def __init__(self, sites: list[SpikingSite]):
         self.sites = {s.name: s for s in sites}
         self.wants_v = any(s.neuron.hooks_need_v() for s in sites)
         self._parts: dict[str, list[tuple]] = {}
         self._v_start: dict[str, torch.Tensor | None] = {}
 
     @classmethod
-    def start(cls, sites, recordings: list) -> "HookReplay | None":
+    def start(cls, sites, recordings: list) -> HookReplay | None:
         """A replay for the sites whose neurons carry framework hooks (None when none do), added to ``recordings``."""
         hooked = [s for s in sites if s.neuron.framework_hooks()]
         if not hooked:
@@ -237,7 +239,7 @@ class HookReplay:
         self._parts = {n: [] for n in self.sites}
         self._v_start = {}
 
-    def capture(self, site: "SpikingSite", drive: torch.Tensor, result: "SimResult", output: torch.Tensor,
+    def capture(self, site: SpikingSite, drive: torch.Tensor, result: SimResult, output: torch.Tensor,
                 counted: bool, v_start: torch.Tensor | None = None) -> None:
         parts = self._parts.get(site.name)
         if parts is None or not counted:
@@ -272,7 +274,7 @@ def _join(parts: list) -> torch.Tensor | None:
     return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
 
-def record(snn: "SpikingModel", x: torch.Tensor, what: Iterable[str] | str = ("spikes", "v"),
+def record(snn: SpikingModel, x: torch.Tensor, what: Iterable[str] | str = ("spikes", "v"),
            sites: Iterable[str] | str | None = None, timesteps: int | None = None,
            time_major: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Run ``snn`` once on the static batch ``x``; return ``{site: {what: tensor}}`` for the counted steps.

@@ -30,7 +30,7 @@ PACKAGES = ("torch", "torchvision", "numpy", "spikingjelly", "snntorch", "tqdm",
 
 def now() -> str:
     """The current UTC time, ISO 8601, to the millisecond."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

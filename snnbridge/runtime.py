@@ -39,7 +39,8 @@ import contextlib
 import copy
 import math
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -158,7 +159,8 @@ class SpikingSite(nn.Module):
         W = self._state.warmup
         if self.corrections and W > 0 and start == W:
             drive, spikes, v_seq = (torch.cat([p[i] for p in self._presim], 0) for i in range(3))
-            self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], self.spec.threshold_tensor(spikes[0], 1)))
+            threshold = self.spec.threshold_tensor(spikes[0], 1)
+            self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], threshold))
             self._set(_presim=[])
         look = self.lookahead
         if look and start == 0:
@@ -167,7 +169,8 @@ class SpikingSite(nn.Module):
                                  f"{seq.shape[0]} step(s) are run; use timesteps >= {look}.")
             drive = self.spec.biased(seq[:look], 0)
             res = self.neuron.simulate(drive, self.v.clone(), return_v=True)
-            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, self.spec.threshold_tensor(res.spikes[0], 1)))
+            threshold = self.spec.threshold_tensor(res.spikes[0], 1)
+            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, threshold))
         in_presim = start < W
         drive = self.spec.biased(seq, start if in_presim else start - W)
         if drive.requires_grad and not self.neuron.differentiable and torch.is_grad_enabled():
@@ -247,7 +250,7 @@ class SpikingModel(nn.Module):
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
     def build(cls, graph: ConversionGraph, specs: dict[str, NeuronSpec], factory, *, timesteps: int,
-              input_shape=None, recipe=None, report=None) -> "SpikingModel":
+              input_shape=None, recipe=None, report=None) -> SpikingModel:
         """Swap every site of a converted graph (a copy) for neurons from ``factory`` and mark what is temporal."""
         gm = copy.deepcopy(graph.module)
         state = RunState()
@@ -365,7 +368,8 @@ class SpikingModel(nn.Module):
             layout = "[T, B, ...] sequence" if time_major else "[B, ...] batch"
             raise InputError(f"the SNN takes a torch.Tensor {layout}, got {type(x).__name__}.")
         if not torch.is_floating_point(x):
-            raise InputError(f"the input is a {x.dtype} tensor; the SNN takes floating-point inputs prepared as for the "
+            raise InputError(f"the input is a {x.dtype} tensor; the SNN takes floating-point inputs prepared as for "
+                             "the "
                              "ANN: convert with x.float() and normalise as in training (uint8 images: "
                              "x.float() / 255, then the training mean/std).")
         lead = 2 if time_major else 1
@@ -560,7 +564,7 @@ class SpikingModel(nn.Module):
         shape = [-1] + [1] * (per_step.dim() - 1)
         return (csum[ends] - csum[starts]) / (ends - starts).to(per_step.dtype).view(shape)
 
-    def train(self, mode: bool = True) -> "SpikingModel":
+    def train(self, mode: bool = True) -> SpikingModel:
         """Set training mode (SpikingJelly/snnTorch neurons see it), keeping BatchNorm layers the conversion kept
         in eval mode: their statistics are the ANN's, and batch statistics over time steps would change the SNN."""
         super().train(mode)
@@ -570,5 +574,6 @@ class SpikingModel(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend_name}, timesteps={self.timesteps}, steps_run={self.steps_run}, sites={len(self._site_names)}"
+        return (f"backend={self.backend_name}, timesteps={self.timesteps}, steps_run={self.steps_run}, "
+                f"sites={len(self._site_names)}")
 

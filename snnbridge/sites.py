@@ -63,4 +63,5 @@ class ActivationSite(nn.Module):
         return torch.clamp(x, 0.0, self.info.clip_max)
 
     def extra_repr(self) -> str:
-        return f"{self.info.name}: {self.info.kind}" + (f", clip_max={self.info.clip_max}" if self.info.clip_max is not None else "")
+        clip = f", clip_max={self.info.clip_max}" if self.info.clip_max is not None else ""
+        return f"{self.info.name}: {self.info.kind}{clip}"

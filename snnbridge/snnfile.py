@@ -21,7 +21,8 @@ saved ones): no calibration is re-run and the outputs are bit for bit those of t
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,7 +98,7 @@ def _attachment(obj: Any, where: str) -> dict:
 
 
 def _restore(entry: Any, where: str) -> Any:
-    if not isinstance(entry, dict) or not isinstance(entry.get("class"), str) or not isinstance(entry.get("state"), dict):
+    if not (isinstance(entry, dict) and isinstance(entry.get("class"), str) and isinstance(entry.get("state"), dict)):
         raise SnnFileError(f"{where} is malformed ({type(entry).__name__}); the file is damaged or was not written "
                            "by snnbridge.save.")
     cls = savable_class(entry["class"])
@@ -232,7 +233,8 @@ def rebuild(payload: dict, model: Any, registry: Registry) -> SpikingModel:
         try:
             specs[name] = NeuronSpec(**entry["spec"])
         except (TypeError, SnnbridgeError) as exc:
-            raise SnnFileError(f"site {name!r}: the saved neuron spec is invalid ({exc}); the file is damaged.") from exc
+            raise SnnFileError(f"site {name!r}: the saved neuron spec is invalid ({exc}); the file is "
+                               "damaged.") from exc
     snn = SpikingModel.build(graph, specs, factory, timesteps=payload["timesteps"], input_shape=payload["input_shape"],
                              recipe=payload["recipe"], report=payload.get("report") or {})
     state = payload["state_dict"]

@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
 from . import channels
 from .errors import InputError
 
-Scalar = Union[float, int]
-TensorLike = Union[float, torch.Tensor]
+Scalar = float | int
+TensorLike = float | torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +91,8 @@ class NeuronSpec:
                 if b.dim() == 0:
                     b = float(b)
                 elif b.dim() > 2:
-                    raise InputError(f"NeuronSpec.step_bias must be a float, [T] or [T, C], got shape {tuple(b.shape)}.")
+                    raise InputError(f"NeuronSpec.step_bias must be a float, [T] or [T, C], got shape "
+                                     f"{tuple(b.shape)}.")
             elif isinstance(b, (int, float)) and not isinstance(b, bool):
                 b = float(b)
             else:
@@ -100,7 +100,7 @@ class NeuronSpec:
             object.__setattr__(self, "step_bias", b)
 
     # -- helpers used by the core and adapters (no method math) ---------------------------
-    def replace(self, **changes) -> "NeuronSpec":
+    def replace(self, **changes) -> NeuronSpec:
         """Return a copy with some fields changed (specs are immutable)."""
         return dataclasses.replace(self, **changes)
 
@@ -132,7 +132,8 @@ class NeuronSpec:
             v0 = v0.unsqueeze(0)
         elif tuple(v0.shape) != tuple(like.shape):
             raise InputError(f"NeuronSpec.v0 of shape {tuple(v0.shape)} does not fit a state of shape "
-                             f"{tuple(like.shape)}; give a float, [C] or [C, ...] (the activation shape without batch).")
+                             f"{tuple(like.shape)}; give a float, [C] or [C, ...] (the activation shape without "
+                             "batch).")
         return v0.expand_as(like).clone()
 
     @property
@@ -161,7 +162,7 @@ class NeuronSpec:
             return table[:, None].expand(T, channels).clone()
         return table.clone()
 
-    def offset_v0(self, delta: torch.Tensor) -> "NeuronSpec":
+    def offset_v0(self, delta: torch.Tensor) -> NeuronSpec:
         """A copy whose initial potential is ``v0 + delta`` (``delta`` per position, ``[C, ...]``)."""
         v0 = self.v0
         if isinstance(v0, float):

@@ -367,7 +367,7 @@ CASES = [
     Case("backward-on-torch-backend", "SpikingModel.__call__", "parameters requiring grad on backend torch",
          _grad_on_torch_backend, BackendError, r"torch\.no_grad\(\).*backend='spikingjelly' or 'snntorch'"),
     Case("bias-table-too-short", "SpikingModel.__call__", "a 3-step bias table run for 4 steps", _short_table,
-         InputError, r"convert again"),
+         InputError, r"can run at most T = 3.*convert again with timesteps=4"),
     Case("record-unknown-keep", "SpikingModel.record", "keep='spkes'",
          lambda e: e.snn().record(keep="spkes"), InputError, r"Did you mean 'spikes'"),
     # neuron specs and simulate
