@@ -60,7 +60,7 @@ def test_wheel_contents(wheel):
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
     for required in ("snnbridge/__init__.py", "snnbridge/hookspecs.py", "snnbridge/cli.py", "snnbridge/io.py",
                      "snnbridge/data.py", "snnbridge/plugins/maxnorm.py", "snnbridge/plugins/robustnorm.py",
-                     "snnbridge/adapters/torch_ref.py"):
+                     "snnbridge/adapters/torch_ref.py", "snnbridge/py.typed", "snnbridge/snnfile.py"):
         assert required in names, f"{required} missing from the wheel"
     tops = {n.split("/")[0] for n in names}
     assert tops == {"snnbridge", dist_info}, f"unexpected top-level entries in the wheel: {sorted(tops)}"
