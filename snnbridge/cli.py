@@ -416,7 +416,7 @@ class _Setup:
         self.config_path = args.config
         self.cfg = load_config(args.config) if args.config else None
         cfg = self.cfg
-        self.model_spec = args.model or (cfg.model if cfg else None)
+        self.model_spec: str | None = args.model or (cfg.model if cfg else None)
         self.checkpoint = args.checkpoint or (cfg.checkpoint if cfg else None)
         data = cfg.data if cfg else None
         self.data_path = getattr(args, "data", None) or (data.path if data else None)
@@ -497,6 +497,8 @@ def _build_ann(args, setup: _Setup):
 
     from .loading import load_checkpoint, load_model
 
+    if not setup.model_spec:
+        raise CliError("give the model with --model MODULE:FACTORY (or `model:` in the config file).")
     torch.manual_seed(args.seed)
     ann = load_model(setup.model_spec)
     if setup.checkpoint:
@@ -509,7 +511,8 @@ def _model_record(args, setup: _Setup) -> dict:
     from .runrecord import sha256_file
 
     ckpt = setup.checkpoint
-    return {"spec": setup.model_spec, "architecture": _architecture_ref(setup.model_spec),
+    return {"spec": setup.model_spec,
+            "architecture": _architecture_ref(setup.model_spec) if setup.model_spec else None,
             "checkpoint": ckpt, "checkpoint_resolved": str(Path(ckpt).resolve()) if ckpt else None,
             "checkpoint_sha256": sha256_file(ckpt) if ckpt else None, "random_init": not ckpt,
             "trust_checkpoint": bool(args.trust_checkpoint)}
@@ -570,11 +573,13 @@ def _convert(args, setup: _Setup, device, progress: bool, before_work=None):
         cause = exc if isinstance(exc, RuntimeError) else exc.__cause__
         if not isinstance(cause, RuntimeError):  # a calibration problem of its own: its message names the fix
             raise
-        shape = tuple(calibration[0].shape) if calibration else tuple(example.shape)
+        first = calibration[0] if calibration else example
+        assert first is not None  # the data or --input-shape branch above set one
+        shape = tuple(first.shape)
         raise CliError(f"the model failed on inputs shaped {list(shape)}: {_first_line(cause)}. Check that the data "
                        "(--image-size, --mean/--std, grey-scale or RGB) matches what the model was trained on; "
                        "--debug shows the traceback.") from exc
-    snn.architecture = _architecture_ref(setup.model_spec)
+    snn.architecture = _architecture_ref(setup.model_spec) if setup.model_spec else None
     metadata = {"model": setup.model_spec, "checkpoint": setup.checkpoint, "config": setup.config_path,
                 "data": norm, "classes": classes, "calibration": calib_desc,
                 "conversion": _conversion_record(args, setup, recipe, factory, norm, classes, calib_desc, device)}
@@ -591,7 +596,7 @@ def _conversion_record(args, setup: _Setup, recipe, factory, norm: dict, classes
         "recipe": recipe.to_list(), "backend": {"name": factory.backend, "options": dict(factory.options)},
         "timesteps": setup.timesteps, "model": _model_record(args, setup),
         "seeds": {"model_init": args.seed, "calibration_sample": args.seed, "conversion": args.seed},
-        "data": ({"path": str(setup.data_path), "path_resolved": str(Path(setup.data_path).resolve()),
+        "data": ({"path": str(setup.data_path), "path_resolved": str(Path(str(setup.data_path)).resolve()),
                   "split": calib["split"], "classes": classes, "normalisation": norm} if calib else None),
         "input_shape": list(args.input_shape) if getattr(args, "input_shape", None) and not calib else None,
         "calibration": calib, "disabled_plugins": list(setup.disable), "device": str(device),

@@ -265,7 +265,7 @@ class ConversionContext:
         """Run the reference ANN on ``x`` and return every site's output (or input) tensor."""
         out: dict[str, torch.Tensor] = {}
         pick = 2 if where == "output" else 1
-        with self.hooks(lambda n, i, o: out.__setitem__(n, (n, i, o)[pick].detach())):
+        with self.hooks(lambda n, i, o: out.__setitem__(n, (i, o)[pick - 1].detach())):
             self.ann(x.to(self.device))
         return out
 

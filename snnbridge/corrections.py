@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import SpikingSite
 
 SCOPES = ("layer", "network")
-_SAVABLE: dict[str, type] = {}
+_SAVABLE: dict[str, type[Savable]] = {}
 
 
 def class_ref(cls: type) -> str:
@@ -76,7 +76,7 @@ class Savable:
         return obj
 
 
-def savable_class(ref: str) -> type | None:
+def savable_class(ref: str) -> type[Savable] | None:
     """The imported :class:`Savable` subclass named ``ref`` (``module:QualName``), or None."""
     return _SAVABLE.get(ref)
 MISMATCH_POLICIES = ("warn", "error", "ignore")

@@ -210,7 +210,9 @@ def _read_archive(path: Path, split: str | None, where: str, require_split: bool
                 wanted = (split is None or (len(parts) >= 3 and parts[-3] == split)
                           or len(parts) < 3 or parts[-3] not in SPLIT_NAMES)  # the last two: a split-less archive
                 if wanted:
-                    blobs[name] = tf.extractfile(member).read()
+                    handle = tf.extractfile(member)
+                    assert handle is not None  # a regular file (isfile() above) always has content
+                    blobs[name] = handle.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read the archive {where}: {exc}. Check that it is a complete .tar/.tar.gz file.") \
             from exc

@@ -18,6 +18,8 @@ mean ANN activation. :func:`snnbridge.plots.plot_layer_report` draws the report 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ def layer_report(ann: nn.Module, snn: SpikingModel, x: torch.Tensor, timesteps: 
     ann_acts = ConversionContext(graph, timesteps=snn.timesteps, device=device).site_activations(x)
     with snn.record(keep="output") as rec:
         snn.run(x, timesteps)
-    report = {"timesteps": snn.timesteps if timesteps is None else int(timesteps),
+    report: dict[str, Any] = {"timesteps": snn.timesteps if timesteps is None else int(timesteps),
               "steps_run": snn.steps_for(timesteps),
               "backend": snn.backend_name, "recipe": list(snn.recipe), "sites": []}
     for name, site in snn.sites.items():

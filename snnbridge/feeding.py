@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import fx, nn
@@ -57,11 +58,12 @@ class Feed:
     def add_bias(self, delta: torch.Tensor) -> None:
         """Add a per-output-channel ``delta`` to the layer's bias (creating a bias if it has none)."""
         layer = self.layer
-        delta = delta.to(layer.weight.device, layer.weight.dtype)
+        weight = cast(torch.Tensor, layer.weight)
+        delta = delta.to(weight.device, weight.dtype)
         if layer.bias is None:
             layer.bias = nn.Parameter(delta.clone(), requires_grad=False)
         else:
-            layer.bias.data.add_(delta)
+            cast(torch.Tensor, layer.bias).data.add_(delta)
 
 
 def _bias_safe(m: nn.Module) -> bool:
@@ -74,7 +76,7 @@ def _bias_safe(m: nn.Module) -> bool:
 def _walk(gm: fx.GraphModule, node, chain: list) -> tuple[fx.Node, list] | None:
     """Follow single-user pooling (and time-broadcast) nodes back to a Conv/Linear node."""
     while isinstance(node, fx.Node) and node.op == "call_module" and len(node.users) == 1:
-        m = gm.get_submodule(node.target)
+        m = gm.get_submodule(str(node.target))
         if isinstance(m, _LAYERS):
             calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target)
             return (node, chain[::-1]) if calls == 1 else None  # a shared module: its bias is not ours
@@ -105,6 +107,6 @@ def feeding_layer(graph_module: fx.GraphModule, site: str) -> Feed | None:
         found = _walk(graph_module, operand, [])
         if found is not None:
             layer_node, chain = found
-            return Feed(str(layer_node.target), graph_module.get_submodule(layer_node.target), chain, residual,
+            return Feed(str(layer_node.target), graph_module.get_submodule(str(layer_node.target)), chain, residual,
                         layer_node)
     return None

@@ -27,7 +27,7 @@ import copy
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +129,7 @@ class ConversionGraph:
 
     def site_modules(self) -> dict[str, ActivationSite]:
         """name -> the :class:`ActivationSite` module of each site in ``module``."""
-        return {name: self.module.get_submodule(site_attr(name)) for name in self.sites}
+        return {name: cast(ActivationSite, self.module.get_submodule(site_attr(name))) for name in self.sites}
 
 
 SITE_PREFIX = "snnsite_"
@@ -223,10 +223,15 @@ def _const(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _arg(node: fx.Node, index: int, key: str, default: Any = None) -> Any:
+    """Argument ``index`` of a call node, else its keyword ``key`` (fx types them loosely: read as Any)."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(key, default)
+
+
 def activation_of(node: fx.Node, gm: fx.GraphModule, claim: ClaimFn):
     """Return (kind, clip_max, module, claim) if ``node`` is a recognised activation, else None."""
     if node.op == "call_module":
-        m = gm.get_submodule(node.target)
+        m = gm.get_submodule(str(node.target))
         c = claim(m)
         if c is not None:
             kind = getattr(c, "kind", None) or type(m).__name__.lower()
@@ -245,13 +250,11 @@ def activation_of(node: fx.Node, gm: fx.GraphModule, claim: ClaimFn):
         if t is F.relu6:
             return "relu6", 6.0, None, None
         if t is F.hardtanh:
-            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
-            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+            lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
             if lo == 0 and _const(hi) and hi > 0:
                 return "clip", float(hi), None, None
         if t in (torch.clamp, torch.clip, torch.clamp_min):
-            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+            lo, hi = _arg(node, 1, "min"), _arg(node, 2, "max")
             if t is torch.clamp_min:
                 hi = None
             if lo == 0 and (hi is None or (_const(hi) and hi > 0)):
@@ -262,8 +265,8 @@ def activation_of(node: fx.Node, gm: fx.GraphModule, claim: ClaimFn):
         if t in ("relu", "relu_"):
             return "relu", None, None, None
         if t in ("clamp", "clip", "clamp_min", "clamp_", "clamp_min_"):
-            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-            hi = None if t.startswith("clamp_min") else (node.args[2] if len(node.args) > 2 else node.kwargs.get("max"))
+            lo = _arg(node, 1, "min")
+            hi = None if t.startswith("clamp_min") else _arg(node, 2, "max")
             if lo == 0 and (hi is None or (_const(hi) and hi > 0)):
                 return ("relu", None, None, None) if hi is None else ("clip", float(hi), None, None)
     return None
@@ -311,7 +314,7 @@ def _insert_sites(gm: fx.GraphModule, claim: ClaimFn, report) -> dict[str, SiteI
 def _drop_identities(gm: fx.GraphModule, report) -> None:
     for node in list(gm.graph.nodes):
         drop = False
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), DROPPED_MODULES):
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), DROPPED_MODULES):
             drop = True
         elif node.op == "call_function" and node.target in DROPPED_FUNCTIONS:
             drop = True
@@ -321,19 +324,22 @@ def _drop_identities(gm: fx.GraphModule, report) -> None:
             gm.graph.erase_node(node)
 
 
-def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def fold_bn_into(layer: nn.modules.conv._ConvNd | nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """Return a copy of ``layer`` (Conv/Linear) with the eval-mode ``bn`` that follows it folded in.
 
     PyTorch's own fusion (``torch.nn.utils.fusion``): ``w' = w * g / s`` and
     ``b' = (b - mean) * g / s + beta`` per output channel, ``s = sqrt(running_var + eps)``
     (a bias is created if the layer had none; a BN without affine parameters uses g = 1, beta = 0).
     """
-    mean = bn.running_mean
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise UnsupportedModelError(f"{bn} keeps no running statistics (track_running_stats=False), so it cannot be "
+                                    "folded into the layer before it; train it with track_running_stats=True.")
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
     fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
     bias = layer.bias.detach() if layer.bias is not None else None
-    weight, bias = fuse(layer.weight.detach(), bias, mean, bn.running_var, bn.eps, gamma, beta)
+    weight, bias = fuse(layer.weight.detach(), bias, mean, var, bn.eps, gamma, beta)
     fused = copy.deepcopy(layer)
     fused.weight = nn.Parameter(weight.detach(), requires_grad=False)
     fused.bias = nn.Parameter(bias.detach(), requires_grad=False)
@@ -344,21 +350,21 @@ def _fold_batchnorm(gm: fx.GraphModule, report) -> None:
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
-        bn = gm.get_submodule(node.target)
+        bn = gm.get_submodule(str(node.target))
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
         prev = node.args[0]
         ok = (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1
               and bn.track_running_stats and bn.running_mean is not None)
         if ok:
-            layer = gm.get_submodule(prev.target)
+            layer = gm.get_submodule(str(prev.target))
             ok = any(type(layer) is lt and type(bn) is bt for lt, bt in CONV_BN)
         if not ok:
             report["kept_bn"].append(f"{node.target} (not directly after a single-use Conv/Linear; kept as eval-mode "
                                      "affine)")
             continue
         uses = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prev.target)
-        fused = fold_bn_into(gm.get_submodule(prev.target), bn)
+        fused = fold_bn_into(cast(nn.Linear, gm.get_submodule(str(prev.target))), bn)  # a CONV_BN layer
         if uses == 1:
             gm.set_submodule(prev.target, fused)
             target = prev.target
@@ -373,7 +379,7 @@ def _fold_batchnorm(gm: fx.GraphModule, report) -> None:
 
 def _is_maxpool(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), MAXPOOL_MODULES)
+        return isinstance(gm.get_submodule(str(node.target)), MAXPOOL_MODULES)
     return node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS
 
 
@@ -420,7 +426,7 @@ def _dims_touch_batch(node: fx.Node) -> bool:
     if name in ("cat", "concat") and not dims and "dim" not in node.kwargs:
         return True  # torch.cat default dim is 0 = batch
     if name in ("chunk", "split"):
-        return len(node.args) > 2 and node.args[2] == 0 or node.kwargs.get("dim") == 0
+        return bool(len(node.args) > 2 and node.args[2] == 0 or node.kwargs.get("dim") == 0)
     if name in ("mean", "sum") and not dims:
         return True  # full reduction mixes samples (and time steps)
     return 0 in dims
@@ -459,7 +465,7 @@ def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         if node.op == "call_module":
-            m = gm.get_submodule(node.target)
+            m = gm.get_submodule(str(node.target))
             if isinstance(m, (ActivationSite,) + STATELESS_MODULES):
                 continue
             found: tuple[str, str] | None = (f"module {type(m).__name__}", _suggest(type(m).__name__))

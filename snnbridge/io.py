@@ -132,7 +132,7 @@ def _check_format(path: Path, obj: Any) -> None:
         raise SnnFileError(f"{path} was written by snnbridge {obj.get('snnbridge_version', '?')} in file format "
                            f"{version}; this snnbridge reads format {FORMAT_VERSION} and older. Upgrade snnbridge "
                            "(pip install -U snnbridge).")
-    if obj["format"] == FORMAT and version >= 2:
+    if obj["format"] == FORMAT and isinstance(version, int) and version >= 2:
         needed = ("recipe", "backend", "backend_options", "timesteps", "sites", "state_dict", "decode_window",
                   "timestep_checks", "input_shape", "time_chunk", "forward_on_means")
         lost = [k for k in needed if k not in obj]

@@ -40,6 +40,8 @@ def _import(spec: str, module_name: str, attr: str) -> ModuleType:
         if not path.is_file():
             raise ModelLoadError(f"{where}: the file {module_name!r} does not exist.")
         mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ModelLoadError(f"{where}: Python cannot import {module_name!r} as a module (is it a .py file?).")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[path.stem] = module
         try:

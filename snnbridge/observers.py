@@ -71,7 +71,9 @@ class Observer:
         """A short name for progress bars: the class name without "Observer", lower case."""
         return type(self).__name__.removesuffix("Observer").lower() or "statistic"
 
-    def _per_site(self, value: torch.Tensor) -> torch.Tensor:
+    def _per_site(self, value: torch.Tensor | None) -> torch.Tensor:
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.compute() before any observe(): it has seen no batch")
         return value if self.channel_axis is not None else value[0]
 
     def __repr__(self) -> str:
@@ -116,6 +118,8 @@ class MeanObserver(Observer):
         self.count += c
 
     def compute(self):
+        if self.total is None:
+            return self._per_site(None)  # the "seen no batch" error
         m = (self.total / self.count).float()
         return m if self.per_position else self._per_site(m)
 

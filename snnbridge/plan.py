@@ -39,7 +39,7 @@ _NOT_AFFINE_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
 _STRUCTURAL = {operator.getitem, getattr}
 
 
-def _module_slots(gm: fx.GraphModule) -> list[tuple[dict, str, nn.Module]]:
+def _module_slots(gm: fx.GraphModule) -> list[tuple[dict, str, nn.Module | None]]:
     """(parent's module dict, attribute, module) of every called submodule: a replaced module is seen at once."""
     out = []
     for n in gm.graph.nodes:
@@ -53,7 +53,7 @@ def _module_slots(gm: fx.GraphModule) -> list[tuple[dict, str, nn.Module]]:
 
 def _affine(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), AFFINE_MODULES)
+        return isinstance(gm.get_submodule(str(node.target)), AFFINE_MODULES)
     if node.op == "call_function":
         t = node.target
         return (t in LINEAR_FUNCTIONS or t in SCALAR_FUNCTIONS or t in _STRUCTURAL) and t not in _NOT_AFFINE_FUNCTIONS
@@ -95,7 +95,7 @@ class RunPlan:
         self._body_nodes, self._boundary = body, boundary
 
         # prefix: the static part, returning the values the body reads
-        pg, env = fx.Graph(), {}
+        pg, env = fx.Graph(), dict[fx.Node, fx.Node]()
         _copy(static, env, pg)
         pg.output(tuple(env[b] for b in boundary))
         self.prefix = fx.GraphModule(gm, pg, class_name="SNNPrefix")

@@ -334,7 +334,7 @@ class Registry:
         for n in names:
             if n not in self.broken:
                 self.require(n)
-        out = []
+        out: list[dict[str, Any]] = []
         for name in [self.canonical(n) for n in names] or self.names() + sorted(self.broken):
             if name in self.broken:
                 b = self.broken[name]

@@ -119,7 +119,7 @@ def _entries(recipe: Any) -> list[tuple[Any, Mapping[str, Any] | None]]:
         return [(e.name, e.options) for e in recipe.entries]
     if isinstance(recipe, (str, Mapping)) or not isinstance(recipe, Iterable):
         recipe = [recipe]
-    out = []
+    out: list[tuple[Any, Mapping[str, Any] | None]] = []
     for i, entry in enumerate(recipe):
         if isinstance(entry, str):
             out.append((entry, None))

@@ -87,7 +87,10 @@ class _RunCapture:
         values = {"drive": lambda: drive, "spikes": lambda: result.spikes, "v": lambda: result.v_seq,
                   "output": lambda: output}  # only what is kept is computed (spikes may be derived)
         for k, parts in self.parts.items():
-            parts.append(values[k]().detach())
+            value = values[k]()
+            if value is None:
+                raise RuntimeError(f"the backend returned no {k!r} sequence although it was asked for")
+            parts.append(value.detach())
         if counted:
             self.counted_steps += drive.shape[0]
             if "rate" in self.keep:
@@ -262,9 +265,12 @@ class HookReplay:
         """Replay the finished run's counted steps to each hooked layer."""
         for name, parts in self._parts.items():
             if parts:
-                drive, spikes, v_seq = (_join([p[i] for p in parts]) for i in range(3))
-                self.sites[name].neuron.replay_hooks(CountedSteps(drive=drive, spikes=spikes, v_seq=v_seq,
-                                                                  v_start=self._v_start[name], v_last=parts[-1][3]))
+                drive, spikes = _join([p[0] for p in parts]), _join([p[1] for p in parts])
+                v_start = self._v_start[name]
+                assert drive is not None and spikes is not None and v_start is not None  # always captured
+                self.sites[name].neuron.replay_hooks(CountedSteps(drive=drive, spikes=spikes,
+                                                                  v_seq=_join([p[2] for p in parts]),
+                                                                  v_start=v_start, v_last=parts[-1][3]))
 
 
 def _join(parts: list) -> torch.Tensor | None:
