@@ -12,6 +12,11 @@ How the spec is realized, and why:
   passes :class:`FireGE`, an autograd function returning ``(x >= 0)`` with snnTorch's
   default arc-tangent surrogate gradient (``alpha = 2``). snnTorch applies the same callable
   to compute its reset signal, so firing and reset follow one rule.
+* **Surrogates.** ``snn.set_surrogate(s)`` replaces the Leaky's ``spike_grad``: a
+  :class:`snnbridge.Surrogate` as :class:`SnnTorchSurrogate`; snnTorch's own surrogates
+  (``snntorch.surrogate.atan()`` ...), which fire on ``>``, wrapped in :class:`TiesFire` so ties
+  fire; ``None`` restores :func:`fire_ge`. snnTorch detaches the reset signal
+  (``mem_reset``), so the reset carries no gradient - the convention every backend follows.
 * **Reset timing.** With the default ``reset_delay=True`` snnTorch computes
   ``mem_t = mem_{t-1} + x_t - reset_t * threshold`` with ``reset_t`` = the previous step's
   spike, and returns the *pre-reset* ``mem_t``; that is the reference neuron with
@@ -56,7 +61,7 @@ import math
 
 import torch
 
-from snnbridge import BackendError, NeuronLayer, PluginInfo, SimResult, hookimpl
+from snnbridge import BackendError, NeuronLayer, PluginInfo, SimResult, Surrogate, hookimpl
 
 NAME = "snntorch"
 #: arc-tangent surrogate width, snnTorch's default (``snntorch.surrogate.atan(alpha=2.0)``)
@@ -96,6 +101,52 @@ def fire_ge(x: torch.Tensor) -> torch.Tensor:
     return FireGE.apply(x)
 
 
+class SnnTorchSurrogate:
+    """A :class:`snnbridge.Surrogate` as snnTorch's ``spike_grad`` (``snntorch.Leaky(spike_grad=...)``): fires on
+    ``x >= 0``, gradient through the surrogate's derivative."""
+
+    def __init__(self, surrogate: Surrogate):
+        #: the framework-neutral surrogate this callable applies
+        self.surrogate = surrogate
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.surrogate(x)
+
+    def __repr__(self) -> str:
+        return f"SnnTorchSurrogate({self.surrogate!r})"
+
+
+class TiesFire:
+    """An snnTorch ``spike_grad`` that fires on ``x > 0`` (every ``snntorch.surrogate`` function does), made to fire
+    on ``x >= 0``: a detached 1 is added where ``x == 0`` and it gave 0, so its gradient is unchanged; the
+    spikes take ``x``'s dtype (snnTorch's are float32)."""
+
+    def __init__(self, spike_grad):
+        #: the wrapped snnTorch spike_grad
+        self.spike_grad = spike_grad
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spike_grad(x)
+        tie = ((x == 0) & (s == 0)).to(s.dtype)
+        return (s + tie).to(x.dtype)
+
+    def __repr__(self) -> str:
+        return f"TiesFire({getattr(self.spike_grad, '__qualname__', self.spike_grad)!r})"
+
+
+def _fires(fn) -> str | None:
+    """``">="`` or ``">"``: the rule a spike function follows on x = -1, 0, 1; None when it is no spike function."""
+    probe = torch.tensor([-1.0, 0.0, 1.0])
+    try:
+        with torch.no_grad():
+            out = fn(probe)
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return None
+    return {(0.0, 1.0, 1.0): ">=", (0.0, 0.0, 1.0): ">"}.get(tuple(out.detach().float().tolist()))
+
+
 class SnnTorchLayer(NeuronLayer):
     """One genuine ``snntorch.Leaky`` (beta = 1, subtract reset) realizing one site's spec."""
 
@@ -114,6 +165,12 @@ class SnnTorchLayer(NeuronLayer):
             init = th.clone()
         self.leaky = snn.Leaky(beta=1.0, threshold=init, spike_grad=fire_ge, reset_mechanism="subtract",
                                reset_delay=True)
+
+    def set_surrogate(self, surrogate) -> None:
+        """Make ``surrogate`` (a ``spike_grad`` from :func:`snnbridge_wrap_surrogate`) the Leaky's ``spike_grad``;
+        None restores :func:`fire_ge` (snnTorch's arc-tangent, alpha 2, firing on ``>=``)."""
+        self.leaky.spike_grad = fire_ge if surrogate is None else surrogate
+        self._keep_surrogate(surrogate)
 
     def _threshold_for(self, like: torch.Tensor) -> torch.Tensor:
         """The threshold broadcastable against one step ``like`` ([B, C, ...]), in its dtype."""
@@ -199,3 +256,34 @@ def snnbridge_plugin_info():
 @hookimpl
 def snnbridge_make_neuron(spec, options):
     return SnnTorchLayer(spec)
+
+
+@hookimpl
+def snnbridge_wrap_surrogate(surrogate):
+    """A ``spike_grad``: a :class:`snnbridge.Surrogate` in :class:`SnnTorchSurrogate`; an snnTorch surrogate
+    (``snntorch.surrogate.atan()`` ...), which fires on ``>``, in :class:`TiesFire`; a callable firing on ``>=`` as
+    it is."""
+    if isinstance(surrogate, Surrogate):
+        return SnnTorchSurrogate(surrogate)
+    if isinstance(surrogate, (SnnTorchSurrogate, TiesFire)):
+        return surrogate
+    what = f"{type(surrogate).__module__}.{type(surrogate).__qualname__}"
+    if isinstance(getattr(surrogate, "surrogate", None), Surrogate):
+        raise BackendError(f"{what} is another framework's wrapper of {surrogate.surrogate!r}; on the snntorch "
+                           "backend pass the snnbridge.Surrogate itself (snnbridge.surrogate(recipe)) or "
+                           "snnbridge.surrogate(recipe, framework='snntorch').")
+    if type(surrogate).__module__.split(".")[0] == "spikingjelly":
+        raise BackendError(f"{what} is a SpikingJelly surrogate, which works on the spikingjelly backend only; on the "
+                           "snntorch backend use an snnTorch spike_grad (snntorch.surrogate.atan()) or a "
+                           "snnbridge.Surrogate (snnbridge.surrogate({'sg': {'shape': 'atan'}})).")
+    if not callable(surrogate):
+        raise BackendError(f"snnTorch neurons take a spike_grad callable (snntorch.surrogate.atan()) or a "
+                           f"snnbridge.Surrogate, got {what}.")
+    rule = _fires(surrogate)
+    if rule == ">=":
+        return surrogate
+    if rule == ">":
+        return TiesFire(surrogate)
+    raise BackendError(f"the spike_grad {getattr(surrogate, '__qualname__', what)} does not return 0/1 spikes on "
+                       "x = -1, 0, 1; snnTorch neurons take a spike function of mem - threshold (snntorch.surrogate.*) "
+                       "or a snnbridge.Surrogate.")

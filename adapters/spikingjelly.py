@@ -56,6 +56,18 @@ Initial state. The core passes a full-shape ``v_init``; it is assigned to the ne
 from one input step by zeros, so it must be full shape). ``return_v`` turns on
 ``store_v_seq``, whose ``v_seq`` is the membrane after each step's reset.
 
+Surrogate gradients. The nodes keep SpikingJelly's default ``surrogate.Sigmoid()`` and are built
+with ``detach_reset=True``: the reset by subtraction carries no gradient, as in snnTorch's
+``Leaky`` (which always detaches it) and the torch backend, so one surrogate gives the same
+gradients on every backend. ``snn.set_surrogate(s)`` sets every node's ``surrogate_function``:
+a :class:`snnbridge.Surrogate` is wrapped in ``SpikingJellySurrogate`` (a
+``surrogate.SurrogateFunctionBase``, so a valid ``surrogate_function`` for any SpikingJelly
+neuron); SpikingJelly's own surrogates (``surrogate.ATan()`` ...) are taken as they are. Only
+the seven built-ins run SpikingJelly's registered IF operator; any other surrogate runs its
+Torch reference loop (on CPU with gradients the built-ins do too). With gradients,
+``ActivationAwareIFNode`` always runs its Torch reference step loop (its registered operator is
+forward-only); it works on CPU, with every surrogate.
+
 Adapter option ``kernel``: ``auto`` (default; SpikingJelly's own choice - automatic on 2.x,
 ``backend='torch'`` on 0.0.0.0.14), ``torch``, ``cupy`` (0.0.0.0.14 with CuPy and a CUDA
 device only), ``triton`` / ``cuda`` (2.x on CUDA tensors; SpikingJelly 2 selects these per
@@ -75,7 +87,7 @@ import os
 import torch
 from torch import nn
 
-from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, hookimpl
+from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, Surrogate, hookimpl
 
 NAME = "spikingjelly"
 KERNELS = ("auto", "torch", "cupy", "triton", "cuda")
@@ -174,25 +186,42 @@ class SpikingJellyLayer(NeuronLayer):
         nodes = []
         if self.generation == MODERN:
             if isinstance(th, float):
-                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m"))
+                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m", detach_reset=True))
             else:
                 nodes.append(neuron.ActivationAwareIFNode(v_threshold=th.clone(), v_offset=0.0, channel_dim=1,
-                                                          v_reset=None, step_mode="m"))
+                                                          v_reset=None, step_mode="m", detach_reset=True))
         else:
             sj_backend = "cupy" if kernel == "cupy" else "torch"
             if isinstance(th, float):
-                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m", backend=sj_backend))
+                nodes.append(neuron.IFNode(v_threshold=float(th), v_reset=None, step_mode="m", backend=sj_backend,
+                                           detach_reset=True))
             else:
                 values, inverse = torch.unique(th, return_inverse=True)
                 for k, value in enumerate(values.tolist()):
                     nodes.append(neuron.IFNode(v_threshold=float(value), v_reset=None, step_mode="m",
-                                               backend=sj_backend))
+                                               backend=sj_backend, detach_reset=True))
                     name = f"group_{k}"
                     self.register_buffer(name, (inverse == k).nonzero().flatten(), persistent=False)
                     self.groups.append(name)
         self.nodes = nn.ModuleList(nodes)
         #: SpikingJelly 2 choosing its kernel itself: no kernel check or mode switch per call
         self._plain = self.generation == MODERN and kernel == "auto"
+
+    # -- surrogate gradients -------------------------------------------------------------------------
+    def set_surrogate(self, surrogate) -> None:
+        """Make ``surrogate`` (a ``surrogate_function`` module from :func:`snnbridge_wrap_surrogate`) every node's
+        ``surrogate_function``; None restores SpikingJelly's default, ``surrogate.Sigmoid()`` (alpha 4)."""
+        if surrogate is not None and self.kernel == "cupy" and not _native(surrogate):
+            raise BackendError("SpikingJelly 0.0.0.0.14's CuPy kernel generates code for its own surrogates only; "
+                               "use kernel='auto' (torch) with this surrogate, or a spikingjelly surrogate.")
+        if surrogate is not None and self.kernel in ("triton", "cuda") and not _built_in(surrogate):
+            raise BackendError(f"kernel={self.kernel!r} runs SpikingJelly's fused kernels, which know only its seven "
+                               f"built-in surrogates ({', '.join(BUILT_IN_SURROGATES)}); use kernel='auto' with this "
+                               "surrogate (SpikingJelly then runs its Torch reference loop).")
+        module = surrogate if surrogate is not None else _import_surrogate_module().Sigmoid()
+        for node in self.nodes:
+            node.surrogate_function = module
+        self._keep_surrogate(surrogate)
 
     # -- running ------------------------------------------------------------------------------------
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
@@ -339,6 +368,114 @@ class SpikingJellyLayer(NeuronLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, spikingjelly={self.generation}, kernel={self.kernel}"
+
+
+# -- surrogate gradients -------------------------------------------------------------------------------------------
+
+
+def _import_surrogate_module():
+    _import_neuron_module()  # the BackendError when SpikingJelly is missing
+    return importlib.import_module("spikingjelly.activation_based.surrogate")
+
+
+def _native(obj) -> bool:
+    """A SpikingJelly surrogate module (``spikingjelly.activation_based.surrogate.*``)."""
+    return type(obj).__module__.split(".")[0] == "spikingjelly"
+
+
+#: the surrogates SpikingJelly 2's fused kernels implement (``spikingjelly/_ops/surrogate.py``)
+BUILT_IN_SURROGATES = ("Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf")
+
+
+def _built_in(obj) -> bool:
+    return (type(obj).__module__ == "spikingjelly.activation_based.surrogate"
+            and type(obj).__name__ in BUILT_IN_SURROGATES)
+
+
+def _surrogate_class():
+    """``SpikingJellySurrogate``, created on first use: it subclasses SpikingJelly's ``SurrogateFunctionBase``, so
+    SpikingJelly is imported only when a surrogate is wrapped; module-level by name (pickle finds it here)."""
+    cls = globals().get("SpikingJellySurrogate")
+    if cls is not None:
+        return cls
+    base = _import_surrogate_module().SurrogateFunctionBase
+
+    class SpikingJellySurrogate(base):
+        """A :class:`snnbridge.Surrogate` as SpikingJelly's ``surrogate_function`` (``neuron.surrogate_function = s``).
+
+        Spiking mode (default): the exact spikes ``x >= 0`` with the surrogate's derivative in the backward;
+        ``set_spiking_mode(False)``: the surrogate's smooth primitive, when it has one. Not one of SpikingJelly's
+        seven built-in surrogates, so its neurons run SpikingJelly's Torch reference loop (see docs/training.md).
+        """
+
+        def __init__(self, surrogate):
+            super().__init__(spiking=True)
+            #: the framework-neutral surrogate this module applies
+            self.surrogate = surrogate
+
+        def forward(self, x):
+            return self.surrogate(x) if self.spiking else self.surrogate.primitive(x)
+
+        def extra_repr(self) -> str:
+            return f"{self.surrogate!r}, spiking={self.spiking}"
+
+    SpikingJellySurrogate.__module__ = __name__
+    SpikingJellySurrogate.__qualname__ = "SpikingJellySurrogate"
+    globals()["SpikingJellySurrogate"] = SpikingJellySurrogate
+    return SpikingJellySurrogate
+
+
+def __getattr__(name):  # PEP 562: ``SpikingJellySurrogate`` exists once asked for (pickle, isinstance checks)
+    if name == "SpikingJellySurrogate":
+        return _surrogate_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _fires(fn) -> str | None:
+    """``">="`` or ``">"``: the rule a spike function follows on x = -1, 0, 1; None when it is no spike function."""
+    device = next((p.device for p in fn.parameters()), torch.device("cpu"))  # a module with a learnable width
+    probe = torch.tensor([-1.0, 0.0, 1.0], device=device)
+    try:
+        with torch.no_grad():
+            out = fn(probe)
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return None
+    got = out.detach().float().tolist()
+    return {(0.0, 1.0, 1.0): ">=", (0.0, 0.0, 1.0): ">"}.get(tuple(got))
+
+
+@hookimpl
+def snnbridge_wrap_surrogate(surrogate):
+    """A ``surrogate_function`` module: a :class:`snnbridge.Surrogate` wrapped in ``SpikingJellySurrogate``; that
+    module or a SpikingJelly surrogate (``surrogate.ATan()`` ...: they fire on ``x >= 0``) as it is."""
+    cls = _surrogate_class()
+    if isinstance(surrogate, Surrogate):
+        return cls(surrogate)
+    if isinstance(surrogate, cls):
+        return surrogate
+    what = f"{type(surrogate).__module__}.{type(surrogate).__qualname__}"
+    if isinstance(getattr(surrogate, "surrogate", None), Surrogate):
+        raise BackendError(f"{what} is another framework's wrapper of {surrogate.surrogate!r}; on the spikingjelly "
+                           "backend pass the snnbridge.Surrogate itself (snnbridge.surrogate(recipe)) or "
+                           "snnbridge.surrogate(recipe, framework='spikingjelly').")
+    if str(getattr(surrogate, "__module__", "")).split(".")[0] == "snntorch":
+        raise BackendError(f"{getattr(surrogate, '__qualname__', what)} is an snnTorch spike_grad, which works on the "
+                           "snntorch backend only; on the spikingjelly backend use a SpikingJelly surrogate "
+                           "(spikingjelly.activation_based.surrogate.ATan()) or a snnbridge.Surrogate "
+                           "(snnbridge.surrogate({'sg': {'shape': 'atan'}})).")
+    if not isinstance(surrogate, nn.Module):
+        raise BackendError(f"SpikingJelly neurons take a surrogate module (spikingjelly.activation_based.surrogate.*, "
+                           f"e.g. surrogate.ATan()) or a snnbridge.Surrogate, got {what}.")
+    rule = _fires(surrogate)
+    if rule != ">=":
+        why = ("fires on x > 0, not x >= 0" if rule == ">" else
+               "does not return 0/1 spikes on x = -1, 0, 1 (a SpikingJelly surrogate in non-spiking mode? call "
+               "set_spiking_mode(True))")
+        raise BackendError(f"the surrogate {what} {why}; snnbridge's neurons fire on v >= threshold on every "
+                           "backend. Use a SpikingJelly surrogate in spiking mode or a snnbridge.Surrogate.")
+    return surrogate
 
 
 @hookimpl

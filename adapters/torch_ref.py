@@ -5,6 +5,14 @@ the yardstick the other adapters are tested against. Per step it writes the weig
 ``threshold * s`` the runtime passes on (nobody multiplies the whole sequence again) into a
 preallocated output, and updates the membrane in place on its own copy.
 
+Gradients. With a surrogate set (``snn.set_surrogate(s)``, ``s`` a :class:`snnbridge.Surrogate`)
+a run that needs gradients takes an out-of-place loop: spikes ``s(m - threshold)`` (the same
+``>=`` spikes and membranes as the in-place loop, bit for bit), reset ``m - threshold *
+s.detach()`` (the reset carries no gradient, as in snnTorch's ``Leaky`` and the SpikingJelly
+adapter, so gradients agree across backends). Without a surrogate the layer is not
+differentiable and the runtime refuses such a run; under ``torch.no_grad()`` the in-place loop
+runs either way.
+
 Option ``compile``: fuse each step's update (add, compare, scale, subtract: four passes over
 the state) into one kernel with ``torch.compile`` (dynamic shapes, so one compilation serves
 every site and batch size). Measured on 2 CPU cores: the neuron update of a 64 x 32 x 32 x 32
@@ -19,7 +27,7 @@ import warnings
 
 import torch
 
-from snnbridge import NeuronLayer, Option, PluginInfo, SimResult, hookimpl
+from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, Surrogate, hookimpl
 
 NAME = "torch"
 
@@ -49,10 +57,23 @@ class TorchIFLayer(NeuronLayer):
         super().__init__(spec)
         self.compile = bool(compile)
 
+    @property
+    def differentiable(self) -> bool:
+        """Gradients pass only with a surrogate set (:meth:`set_surrogate`)."""
+        return self.surrogate is not None
+
+    def set_surrogate(self, surrogate) -> None:
+        """Use ``surrogate`` (a :class:`snnbridge.Surrogate`) when gradients are needed; None: no gradient."""
+        if surrogate is not None and not isinstance(surrogate, Surrogate):
+            raise BackendError(f"the torch backend takes a snnbridge.Surrogate, got {type(surrogate).__name__}.")
+        self._keep_surrogate(surrogate)
+
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         th = self.spec.threshold_tensor(x_seq[0], 1)
         if isinstance(th, float):  # a 0-d tensor of the input's dtype: float64 runs compare exactly
             th = torch.tensor(th, dtype=x_seq.dtype, device=x_seq.device)
+        if self.surrogate is not None and torch.is_grad_enabled() and (x_seq.requires_grad or v_init.requires_grad):
+            return self._simulate_differentiable(x_seq, v_init, th, return_v)
         if self.compile and not _compiled["failed"] and not torch.is_grad_enabled():
             try:
                 return self._simulate_compiled(x_seq, v_init, th, return_v)
@@ -77,6 +98,21 @@ class TorchIFLayer(NeuronLayer):
             if v_seq is not None:
                 v_seq[t] = v
         return SimResult(output=out, v_last=v, v_seq=v_seq)
+
+    def _simulate_differentiable(self, x_seq, v_init, th, return_v) -> SimResult:
+        """Out of place, spikes through the surrogate: ``m = v + x``, ``s = surrogate(m - th)``,
+        ``v = m - th * s.detach()``."""
+        surrogate = self.surrogate
+        v = v_init
+        spikes, volts = [], []
+        for t in range(x_seq.shape[0]):
+            m = v + x_seq[t]
+            s = surrogate(m - th)
+            v = m - s.detach() * th
+            spikes.append(s)
+            if return_v:
+                volts.append(v)
+        return SimResult(spikes=torch.stack(spikes), v_last=v, v_seq=torch.stack(volts) if return_v else None)
 
     def _simulate_compiled(self, x_seq, v_init, th, return_v) -> SimResult:
         step = _compiled_step()
@@ -108,3 +144,18 @@ def snnbridge_add_options():
 @hookimpl
 def snnbridge_make_neuron(spec, options):
     return TorchIFLayer(spec, compile=options.get("compile", False))
+
+
+@hookimpl
+def snnbridge_wrap_surrogate(surrogate):
+    """The torch backend takes the framework-neutral :class:`snnbridge.Surrogate` itself."""
+    if isinstance(surrogate, Surrogate):
+        return surrogate
+    inner = getattr(surrogate, "surrogate", None)
+    what = f"{type(surrogate).__module__}.{type(surrogate).__qualname__}"
+    if isinstance(inner, Surrogate):
+        raise BackendError(f"the torch backend takes a snnbridge.Surrogate, got {what} (another framework's wrapper "
+                           f"of {inner!r}); pass snnbridge.surrogate(recipe) (framework='torch') or its .surrogate.")
+    raise BackendError(f"the torch backend takes a snnbridge.Surrogate (snnbridge.surrogate(recipe), e.g. "
+                       f"snnbridge.surrogate('localzo')), got {what}; framework surrogates (SpikingJelly, snnTorch) "
+                       "work only on their own backend.")

@@ -17,6 +17,8 @@ GROUPS = [
     ("Converting and running", ["convert", "prepare", "simulate", "SpikingModel", "SpikingSite", "save", "load",
                                 "record", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy",
                                 "plot_layer_report", "trace_for_conversion", "ConversionGraph"]),
+    ("Training", ["training_loss", "TrainingLoss", "surrogate", "Surrogate"]),
+    ("Robustness", ["robustness", "evaluate_robustness", "fgsm", "pgd", "uniform_noise", "RobustnessReport"]),
     ("Recipes and plugins", ["build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig",
                              "DataConfig", "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option",
                              "PluginLoadWarning"]),

@@ -12,7 +12,7 @@ Plugin authors: :mod:`snnbridge.hookspecs` is the manual; everything a plugin ne
 name exported here (``snnbridge.__all__``).
 """
 
-from . import channels
+from . import channels, robustness
 from .context import ConversionContext
 from .convert import convert
 from .corrections import Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck, TimestepMismatchWarning
@@ -58,10 +58,14 @@ from .plugin_manager import PluginLoadWarning, get_registry
 from .prepare import prepare
 from .recipe import DataConfig, Recipe, RecipeEntry, RunConfig, build_recipe, load_config, parse_config
 from .recording import Recording, SiteTrace, record
+from .robustness import RobustnessReport, fgsm, pgd, uniform_noise
+from .robustness import evaluate as evaluate_robustness
 from .runtime import SpikingModel, SpikingSite
 from .simulation import simulate
 from .sites import SiteInfo
 from .spec import NeuronSpec
+from .surrogates import Surrogate, surrogate
+from .training import TrainingLoss, training_loss
 
 __version__ = "0.1.0"
 
@@ -73,6 +77,11 @@ __all__ = [
     # conversion and running
     "convert", "prepare", "simulate", "trace_for_conversion", "ConversionGraph", "SpikingModel", "SpikingSite",
     "save", "load", "record", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy", "plot_layer_report",
+    # training
+    "training_loss", "TrainingLoss",
+    "surrogate", "Surrogate",
+    # robustness (snnbridge.robustness)
+    "robustness", "evaluate_robustness", "fgsm", "pgd", "uniform_noise", "RobustnessReport",
     # recipes and plugins
     "build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig", "DataConfig",
     "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option", "PluginLoadWarning",

@@ -1,9 +1,11 @@
-"""The method table: every installed method plugin with its paper, stages, options and what it stacks with.
+"""The method table: every installed method and training plugin with its paper, stages, options and what it stacks with.
 
 Computed from the registry, never written by hand: "stacks with" is the set of other methods
 for which some recipe holding both passes validation (in either order, behind any threshold
-source when neither supplies one). ``snnbridge plugins --markdown`` prints it; the README's
-table is this output (a test keeps them equal).
+source when neither supplies one); for a training plugin, the other training plugins one
+training recipe can hold with it (:func:`snnbridge.training_loss`; option values aside).
+``snnbridge plugins --markdown`` prints it; the README's table is this output (a test keeps
+them equal).
 """
 
 from __future__ import annotations
@@ -25,9 +27,22 @@ def _builds(recipe: list[str], registry: Registry) -> bool:
     return True
 
 
+def _builds_training(names: list[str], registry: Registry) -> bool:
+    from .recipe import RecipeEntry
+    from .training import check_training_entries
+
+    try:
+        check_training_entries([RecipeEntry(n, {}, registry.info(n)) for n in names], registry)
+    except SnnbridgeError:
+        return False
+    return True
+
+
 def stacks_with(name: str, registry: Registry | None = None) -> list[str]:
-    """The other method plugins that some valid recipe combines with ``name``."""
+    """The other method plugins some valid recipe combines with ``name`` (for a training plugin: training ones)."""
     registry = registry or get_registry()
+    if registry.info(name).kind == "training":
+        return [o for o in registry.names("training") if o != name and _builds_training([name, o], registry)]
     methods = registry.names("method")
     sources = [m for m in methods if "threshold" in registry.info(m).provides]
     out = []
@@ -43,11 +58,11 @@ def stacks_with(name: str, registry: Registry | None = None) -> list[str]:
 
 
 def method_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
-    """One row per installed method plugin (plain data, for JSON and the Markdown table)."""
+    """One row per installed method and training plugin (plain data, for JSON and the Markdown table)."""
     registry = registry or get_registry()
     rows = []
     for record in registry.records():
-        if record["kind"] != "method" or record["broken"]:
+        if record["kind"] not in ("method", "training") or record["broken"]:
             continue
         name = record["name"]
         rows.append({

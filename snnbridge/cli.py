@@ -373,12 +373,12 @@ def cmd_plugins(args) -> int:
             _say("      options: none")
             continue
         _say("      options:")
-        name_w = max(len(o["name"]) for o in r["options"])
+        opt_w = max(len(o["name"]) for o in r["options"])  # not name_w: that one aligns the plugin rows
         type_w = max(len(o["type"]) for o in r["options"])
         defaults = ["(required)" if o["required"] else "= " + _fmt_default(o["default"]) for o in r["options"]]
         default_w = max(map(len, defaults))
         for o, default in zip(r["options"], defaults):
-            head = f"        {o['name']:<{name_w}}  {o['type']:<{type_w}}  {default:<{default_w}}  "
+            head = f"        {o['name']:<{opt_w}}  {o['type']:<{type_w}}  {default:<{default_w}}  "
             avail = max(30, width - len(head))
             lines = textwrap.wrap(o["help"], avail) or [""]
             extras = []
@@ -398,7 +398,8 @@ def cmd_plugins(args) -> int:
                 _say(" " * len(head) + line)
     if not args.names:
         _say("\nUse a method in a recipe by name, with options: recipe: [{robustnorm: {percentile: 99.9}}];\n"
-             "a backend with --backend NAME or `backend: {name: NAME, ...options}` in the config.")
+             "a backend with --backend NAME or `backend: {name: NAME, ...options}` in the config;\n"
+             "training plugins with snnbridge.training_loss(['tet', {'gsr': {'lam': 0.01}}]) (docs/training.md).")
     return 0
 
 

@@ -6,6 +6,8 @@ before any work; the conversion, :func:`snnbridge.simulate` and the command line
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import BackendError
 from .neurons import NeuronLayer
 from .options import resolve_options
@@ -36,6 +38,23 @@ class NeuronFactory:
             raise BackendError(f"backend {self.backend!r} returned {type(layer).__name__} from "
                                "snnbridge_make_neuron; adapters must return a snnbridge.NeuronLayer.")
         return layer
+
+    def wrap_surrogate(self, surrogate: Any) -> Any:
+        """The object this backend's neurons take as their surrogate gradient (hook ``snnbridge_wrap_surrogate``).
+
+        ``surrogate``: a :class:`~snnbridge.surrogates.Surrogate`, a framework object the adapter accepts,
+        or None (the backend's default, returned as None). Raises
+        :class:`~snnbridge.errors.BackendError` when the backend has no surrogate support or the object
+        belongs to another framework.
+        """
+        if surrogate is None:
+            return None
+        if self._registry is None:
+            self._registry = get_registry()
+        if not self._registry.implements(self.backend, "snnbridge_wrap_surrogate"):
+            raise BackendError(f"backend {self.backend!r} takes no surrogate gradient (its adapter does not implement "
+                               "snnbridge_wrap_surrogate); use backend='torch', 'spikingjelly' or 'snntorch'.")
+        return self._registry.call(self.backend, "snnbridge_wrap_surrogate", surrogate=surrogate)
 
 
 def make_neuron_factory(backend: str, backend_options: dict | None = None,

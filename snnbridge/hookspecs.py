@@ -43,8 +43,10 @@ Pipeline (:func:`snnbridge.convert`)
 7. the :class:`~snnbridge.runtime.SpikingModel` runs T steps.
 
 Before conversion, :func:`snnbridge.prepare` calls :func:`snnbridge_replace_activation` (an
-ANN trained for conversion); after it, ``snnbridge_training_loss`` and
-``snnbridge_surrogate`` serve fine-tuning.
+ANN trained for conversion); after it, ``snnbridge_training_loss`` (through
+:func:`snnbridge.training_loss`) and ``snnbridge_surrogate`` (through :func:`snnbridge.surrogate`
+and ``snn.set_surrogate``; adapters wrap it with :func:`snnbridge_wrap_surrogate`) serve
+fine-tuning.
 
 What a plugin works with
 ------------------------
@@ -68,10 +70,10 @@ ANN forwards), ``ctx.site_activations(x)``, ``ctx.usable_threshold(...)``,
 Capabilities
 ------------
 See :data:`snnbridge.plugin.CAPABILITIES` (and ``snnbridge plugins --all``): ``threshold``,
-``activation``, ``v0_base`` and ``step_shift`` are exclusive (one provider per recipe);
-``quantized_ann``, ``offset_calibration``, ``residual_mask``, ``temporal_bias``,
-``backend``, ``training_loss``, ``surrogate``. A plugin may define new ones
-(``PluginInfo(defines={...})``).
+``activation``, ``v0_base``, ``step_shift``, ``training_loss`` (the base loss) and
+``surrogate`` are exclusive (one provider per recipe); ``quantized_ann``,
+``offset_calibration``, ``residual_mask``, ``temporal_bias``, ``backend``, ``loss_term`` (a
+term added to the base loss). A plugin may define new ones (``PluginInfo(defines={...})``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import SpikingModel
     from .sites import SiteInfo
     from .spec import NeuronSpec
+    from .surrogates import Surrogate
 
 PROJECT = "snnbridge"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -263,18 +266,85 @@ def snnbridge_correct_error(snn: SpikingModel, ctx: ConversionContext, options: 
 
 
 @hookspec
-def snnbridge_training_loss(options: dict[str, Any]) -> Callable[..., Any] | None:
-    """Return a loss callable ``loss(outputs, targets, ...)`` for training SNNs, or ``None``.
+def snnbridge_training_loss(options: dict[str, Any], base: Callable[..., Any] | None) -> Callable[..., Any]:
+    """Build this plugin's part of a training loss (called by :func:`snnbridge.training_loss`).
+
+    Called once per loss plugin of the recipe, when the loss is built. The plugin's
+    capability says its role:
+
+    * a **base loss** (``provides=("training_loss",)``, at most one per recipe, e.g. ``tet``)
+      returns a complete loss; ``base`` is ``None``;
+    * a **term** (``provides=("loss_term",)``, e.g. ``gsr``) returns a loss that calls
+      ``base`` and adds its own term (``base(...) + lam * R``).
+
+    The core builds the base first (the recipe's base-loss plugin, else cross-entropy on the
+    time-mean of the outputs), then calls the terms in recipe order, each receiving the loss
+    built so far, wherever the base plugin stands in the recipe. Training plugins that do not
+    implement this hook (a surrogate) are skipped.
+
+    The loss protocol: ``loss(outputs, targets, *, model=None, inputs=None) -> 0-dim tensor``.
+    ``outputs`` are per-step logits ``[T, B, K]`` (time first: ``snn.steps(x)``) or decoded
+    ones ``[B, K]`` (``snn(x)``); ``targets`` are class indices ``[B]`` (the core checks
+    both before the call). ``model`` (a callable that reruns the network from a fresh state)
+    and ``inputs`` (the tensor the outputs were computed from) serve terms that run the model
+    again or differentiate w.r.t. the input; raise
+    :class:`~snnbridge.errors.MissingRequirementError` when one you need is missing, and
+    :class:`~snnbridge.errors.InputError` on outputs you cannot use (a loss that needs
+    per-step outputs refuses ``[B, K]``). Do not switch the model between train and eval.
 
     :param options: this plugin's options.
+    :param base: for a term, the base loss to add to (a callable of the protocol above);
+        ``None`` for a base loss.
+    :returns: the loss callable; an instance of a module-level class, so it pickles.
     """
 
 
-@hookspec
-def snnbridge_surrogate(options: dict[str, Any]) -> Callable[..., Any] | None:
-    """Return a surrogate spike function (on ``v - threshold``), or ``None``.
+@hookspec(firstresult=True)
+def snnbridge_surrogate(options: dict[str, Any]) -> Surrogate:
+    """Build this plugin's surrogate gradient (called by :func:`snnbridge.surrogate`).
 
-    :param options: this plugin's options.
+    Called once on the recipe's one surrogate plugin (``provides=("surrogate",)``,
+    ``kind="training"``), when the surrogate is built. Return an instance of a module-level
+    subclass of :class:`snnbridge.Surrogate` that implements ``derivative(x)``: the surrogate of
+    ``dH/dx`` at ``x = v - threshold``, a tensor shaped like ``x``. The core owns the rest, the
+    same on every backend: the forward is the exact spike ``x >= 0`` (snnbridge's one firing
+    rule: ties fire), the backward multiplies the incoming gradient by ``derivative(x)``, and
+    the adapters wrap the object for their framework (:func:`snnbridge_wrap_surrogate`).
+
+    * **Randomized derivatives** (``randomized = True``, e.g. LocalZO) are called once per
+      backward call of each spike tensor: draw fresh samples per element on every call, from
+      ``self.generator(x.device)`` (None = torch's global generator; a seeded generator when
+      the surrogate was built with ``seed=``, so a backward is reproducible).
+    * Optionally implement ``primitive(x)``, a smooth function whose derivative is
+      ``derivative(x)`` (finite-difference checks, SpikingJelly's non-spiking mode).
+    * The object must pickle (models holding it are deep-copied): keep plain attributes.
+      :func:`snnbridge.save` records it as ``{plugin: options}`` and :func:`snnbridge.load`
+      calls this hook again, so the options must determine the surrogate.
+    * A surrogate is not a conversion step: the user sets it with ``snn.set_surrogate(...)``.
+      Refuse a conversion recipe that names the plugin in ``snnbridge_check_recipe`` (a recipe
+      holding a ``kind="method"`` plugin), as ``localzo`` and ``sg`` do.
+
+    :param options: this plugin's validated options.
+    :returns: a :class:`snnbridge.Surrogate`.
+    """
+
+
+@hookspec(firstresult=True)
+def snnbridge_wrap_surrogate(surrogate: Any) -> Any:
+    """Adapters only: the object this framework's neurons take as their surrogate gradient.
+
+    Called on one backend (``snnbridge.surrogate(..., framework=<backend>)`` and
+    ``snn.set_surrogate(s)`` on an SNN of that backend), never with ``None``.
+
+    :param surrogate: a :class:`snnbridge.Surrogate`, or an object the user passed to
+        ``snn.set_surrogate``: this framework's object (what this hook returned before, or a
+        native surrogate of the framework) or another framework's.
+    :returns: what :meth:`snnbridge.NeuronLayer.set_surrogate` of this backend's layers takes
+        (SpikingJelly: a ``surrogate_function`` module; snnTorch: a ``spike_grad`` callable;
+        torch: the :class:`~snnbridge.Surrogate` itself). It must keep the ``>=`` rule (wrap a
+        framework surrogate that fires on ``>``, as snnTorch's do) and expose the core
+        surrogate it wraps as ``.surrogate``. Raise :class:`~snnbridge.errors.BackendError` for
+        another framework's object, naming the fix.
     """
 
 

@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from .errors import BackendError
 from .spec import NeuronSpec
 
 
@@ -52,7 +54,9 @@ class SimResult:
     def spikes(self) -> torch.Tensor:
         """The 0/1 spikes ``[T, B, ...]`` (recovered from the weighted output when the adapter wrote only that)."""
         if self._spikes is None:
-            self._spikes = (self.output != 0).to(self.output.dtype)
+            out = self.output
+            assert out is not None  # the constructor requires spikes or output
+            self._spikes = (out != 0).to(out.dtype)
         return self._spikes
 
     def weighted(self, threshold) -> torch.Tensor:
@@ -60,7 +64,8 @@ class SimResult:
         return self.output if self.output is not None else self.spikes * threshold
 
     def __repr__(self) -> str:
-        shape = tuple((self._spikes if self._spikes is not None else self.output).shape)
+        seq = self._spikes if self._spikes is not None else self.output
+        shape = tuple(seq.shape) if seq is not None else ()
         return f"SimResult(steps x state = {shape}, v_seq={'yes' if self.v_seq is not None else 'no'})"
 
 
@@ -100,6 +105,24 @@ class NeuronLayer(nn.Module):
     def simulate(self, x_seq: torch.Tensor, v_init: torch.Tensor, return_v: bool = False) -> SimResult:
         """Run ``x_seq`` (``[T, B, ...]``) from the full-shape state ``v_init`` (``[B, ...]``)."""
         raise NotImplementedError
+
+    # -- surrogate gradients (snnbridge.surrogates) ------------------------------------------------
+    @property
+    def surrogate(self) -> Any:
+        """The surrogate object the neurons use now (what :meth:`set_surrogate` got); None = the backend's default."""
+        return self.__dict__.get("_surrogate")
+
+    def set_surrogate(self, surrogate: Any) -> None:
+        """Put ``surrogate`` on the genuine neurons: what this backend's ``snnbridge_wrap_surrogate`` returned,
+        or None for the backend's default. Adapters that support surrogates override it (and call
+        ``self._keep_surrogate(surrogate)``); the base refuses any surrogate."""
+        if surrogate is not None:
+            raise BackendError(f"the {self.backend_name!r} backend's neurons take no surrogate gradient; use "
+                               "backend='torch', 'spikingjelly' or 'snntorch'.")
+
+    def _keep_surrogate(self, surrogate: Any) -> None:
+        """Remember the surrogate outside nn.Module's registry (a framework module is owned by the neurons)."""
+        self.__dict__["_surrogate"] = surrogate
 
     # -- framework hooks (see the module docstring) ------------------------------------------------
     def framework_hooks(self) -> bool:

@@ -27,12 +27,15 @@ CAPABILITIES: dict[str, str] = {
     "residual_mask": "per-input output masks after a network warm-up (SRP)",
     "temporal_bias": "per-step, per-channel input bias tables (FTBC)",
     "backend": "realizes NeuronSpecs with a framework's neurons (adapters)",
-    "training_loss": "a loss for training or fine-tuning SNNs",
-    "surrogate": "a surrogate gradient of the spike function",
+    "training_loss": "the base loss for training or fine-tuning SNNs, see snnbridge.training_loss (one provider per "
+                     "recipe; without one the base is cross-entropy on the time-mean of the outputs)",
+    "loss_term": "adds a term (e.g. a regularizer) to the recipe's base training loss, see snnbridge.training_loss",
+    "surrogate": "a surrogate gradient of the spike function (one provider per recipe: neurons take one)",
 }
 
 #: capabilities at most one plugin of a recipe may provide
-EXCLUSIVE_CAPABILITIES = frozenset({"threshold", "activation", "v0_base", "step_shift"})
+EXCLUSIVE_CAPABILITIES = frozenset({"threshold", "activation", "v0_base", "step_shift", "training_loss",
+                                    "surrogate"})
 
 #: a *fallback* provider of the key is inactive when the recipe has an active provider of any value
 YIELDS_TO: dict[str, tuple[str, ...]] = {"step_shift": ("v0_base",)}

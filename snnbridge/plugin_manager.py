@@ -298,7 +298,7 @@ class Registry:
         if name in self.disabled:
             raise UnknownPluginError(f"the snnbridge plugin {name!r} is disabled ({ENV_DISABLE} or the config's "
                                      "'disable' list); remove it from there to use it.")
-        pool = self.names(kind) if kind != "method" else [n for n in self.names() if self._info[n].kind != "backend"]
+        pool = self.names(kind)
         what = {"backend": "backend", None: "plugin"}.get(kind, f"{kind} plugin")
         raise UnknownPluginError(
             f"unknown snnbridge {what} {name!r}.{did_you_mean(name, pool + list(self._aliases))} Installed: "

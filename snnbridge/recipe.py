@@ -178,6 +178,11 @@ def build_recipe(recipe: Any, *, registry: Registry | None = None, for_conversio
             raise PluginConflictError(f"{name!r} is a neuron backend, not a method: pass backend={name!r} to "
                                       "snnbridge.convert (or `backend: {name: ...}` in a config file) instead of "
                                       "listing it in the recipe.")
+        if info.kind == "training":
+            use = ("snn.set_surrogate(snnbridge.surrogate({n!r}))" if "surrogate" in info.provides
+                   else "snnbridge.training_loss([{n!r}])").format(n=name)
+            raise PluginConflictError(f"{name!r} is a training plugin, not a conversion step: convert without it, then "
+                                      f"use it when you train the SNN: {use} (see docs/training.md).")
         if any(e.name == name for e in built):
             raise PluginConflictError(f"plugin {name!r} appears twice in the recipe; list it once with the options "
                                       "you want.")
@@ -240,6 +245,8 @@ _CAP_WORDS = {
     "v0_base": "base initial membrane potential writer",
     "step_shift": "constant per-step input shift",
     "quantized_ann": "a quantized (QCFS-trained) source ANN",
+    "training_loss": "base training loss",
+    "surrogate": "surrogate gradient",
 }
 assert set(_CAP_WORDS) <= set(CAPABILITIES)
 

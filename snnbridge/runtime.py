@@ -39,8 +39,8 @@ import contextlib
 import copy
 import math
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -54,6 +54,7 @@ from .plan import RunPlan, current_plan
 from .recording import HookReplay, Recording
 from .sites import SiteInfo
 from .spec import NeuronSpec
+from .surrogates import build_surrogate
 from .timeline import RunState, TimeExpand
 
 #: elements of the largest merged activation of a time chunk (automatic chunking). On CPU a
@@ -155,6 +156,11 @@ class SpikingSite(nn.Module):
             out = self._run(x_seq, t0)
         return out.reshape(-1, *out.shape[2:])
 
+    def _state_now(self) -> torch.Tensor:
+        """The membrane state of the run in progress (``forward`` sets it before any step)."""
+        assert self.v is not None
+        return self.v
+
     def _run(self, seq: torch.Tensor, start: int) -> torch.Tensor:
         W = self._state.warmup
         if self.corrections and W > 0 and start == W:
@@ -168,21 +174,27 @@ class SpikingSite(nn.Module):
                 raise InputError(f"site {self.name!r} pre-simulates the first {look} steps of its input, but only "
                                  f"{seq.shape[0]} step(s) are run; use timesteps >= {look}.")
             drive = self.spec.biased(seq[:look], 0)
-            res = self.neuron.simulate(drive, self.v.clone(), return_v=True)
+            v = self._state_now()
+            res = self.neuron.simulate(drive, v.clone(), return_v=True)
             threshold = self.spec.threshold_tensor(res.spikes[0], 1)
-            self._correct(PresimRecord(drive, res.spikes, res.v_seq, self.v, threshold))
+            assert res.v_seq is not None  # asked for with return_v=True
+            self._correct(PresimRecord(drive, res.spikes, res.v_seq, v, threshold))
         in_presim = start < W
         drive = self.spec.biased(seq, start if in_presim else start - W)
         if drive.requires_grad and not self.neuron.differentiable and torch.is_grad_enabled():
+            settable = type(self.neuron).set_surrogate is not NeuronLayer.set_surrogate
             raise BackendError(
                 f"gradients cannot pass the {self.neuron.backend_name!r} backend's neurons (site {self.name!r}): they "
                 "have no surrogate gradient, so a backward would silently train only the layers after the last "
-                "neurons. Run the SNN under torch.no_grad() (or keep its parameters at requires_grad=False), or "
-                "convert with backend='spikingjelly' or 'snntorch', whose neurons have surrogate gradients.")
+                "neurons. "
+                + ("Give them one with snn.set_surrogate(snnbridge.surrogate('localzo')) (or "
+                   "snnbridge.surrogate({'sg': {'shape': 'atan'}})), run " if settable else "Run ")
+                + "the SNN under torch.no_grad() (or keep its parameters at requires_grad=False), or convert with "
+                "backend='spikingjelly' or 'snntorch', whose neurons have surrogate gradients.")
         keep = in_presim and bool(self.corrections)
         recordings = self._state.recordings
-        v_start = self.v
-        result = self.neuron.simulate(drive, self.v, return_v=keep or any(r.wants_v for r in recordings))
+        v_start = self._state_now()
+        result = self.neuron.simulate(drive, v_start, return_v=keep or any(r.wants_v for r in recordings))
         if keep:
             self._presim.append((drive, result.spikes, result.v_seq, v_start))
         self._set(v=result.v_last)
@@ -303,7 +315,7 @@ class SpikingModel(nn.Module):
     @property
     def sites(self) -> dict[str, SpikingSite]:
         """name -> :class:`SpikingSite`, in network order."""
-        return {n: self.graph_module.get_submodule(site_attr(n)) for n in self._site_names}
+        return {n: cast(SpikingSite, self.graph_module.get_submodule(site_attr(n))) for n in self._site_names}
 
     def _presim_steps(self, sites) -> tuple[int, int]:
         """(network warm-up steps, per-site look-ahead steps) asked for by the sites' corrections."""
@@ -318,11 +330,68 @@ class SpikingModel(nn.Module):
         return {n: s.spec for n, s in self.sites.items()}
 
     def set_spec(self, name: str, spec: NeuronSpec) -> None:
-        """Replace one site's spec; the backend rebuilds that site's neurons."""
+        """Replace one site's spec; the backend rebuilds that site's neurons (keeping a surrogate set on them)."""
         site = self.sites[name]
         device = next((p.device for p in self.parameters()), None) or torch.device("cpu")
         site.spec = spec
         site.neuron = self._factory(spec).to(device)
+        if self._surrogate_object is not None:
+            site.neuron.set_surrogate(self._surrogate_object)
+
+    # -- surrogate gradients ------------------------------------------------------------------------------
+    #: what set_surrogate was given (None: each backend's default), and the backend's object for it
+    _surrogate: Any = None
+    _surrogate_object: Any = None
+
+    @property
+    def surrogate(self) -> Any:
+        """The surrogate gradient set with :meth:`set_surrogate` (as given), or None for the backend's default."""
+        return self._surrogate
+
+    def set_surrogate(self, surrogate: Any = None) -> Any:
+        """Give every site's genuine neurons this surrogate gradient; returns the previous one (None: the default).
+
+        ``surrogate``: a :class:`~snnbridge.surrogates.Surrogate` (``snnbridge.surrogate(recipe)``; every backend
+        takes it), the object ``snnbridge.surrogate(recipe, framework=<this backend>)`` returned, or a native
+        surrogate of this backend's framework (SpikingJelly: ``surrogate.ATan()``; snnTorch:
+        ``snntorch.surrogate.atan()``, wrapped to fire on ``>=`` like every snnbridge neuron); a recipe
+        (``"localzo"``, ``{"sg": {"shape": "triangle"}}``) is built with :func:`snnbridge.surrogate`. ``None`` restores
+        each backend's default: SpikingJelly's ``Sigmoid(alpha=4)``, snnTorch's arc-tangent (alpha 2), and no
+        gradient on the torch backend. Another framework's object raises
+        :class:`~snnbridge.errors.BackendError`. Forward spikes never change; only gradients do.
+
+        Cheap (one attribute per site) and reversible, so ``prev = snn.set_surrogate(s)`` ...
+        ``snn.set_surrogate(prev)`` (or ``with snn.using_surrogate(s):``) switches surrogates in turn.
+        :func:`snnbridge.save` records a surrogate built from a recipe and :func:`snnbridge.load`
+        sets it again (other surrogates are not saved, with a warning).
+        """
+        if isinstance(surrogate, (str, Mapping, list, tuple)):  # a recipe: snn.set_surrogate("localzo")
+            surrogate = build_surrogate(surrogate)
+        wrap = getattr(self._factory, "wrap_surrogate", None)  # a NeuronFactory (a plain callable cannot wrap)
+        if surrogate is not None and wrap is None:
+            raise BackendError(f"this SNN's neurons come from {self._factory!r}, which cannot wrap a surrogate; "
+                               "convert with snnbridge.convert(..., backend=...) to get a factory that can.")
+        obj = wrap(surrogate) if surrogate is not None and wrap is not None else None
+        sites = list(self.sites.values())
+        try:
+            for site in sites:
+                site.neuron.set_surrogate(obj)
+        except Exception:  # all sites or none
+            for site in sites:
+                site.neuron.set_surrogate(self._surrogate_object)
+            raise
+        previous = self._surrogate
+        self.__dict__.update(_surrogate=surrogate, _surrogate_object=obj)  # plain attributes, not submodules
+        return previous
+
+    @contextlib.contextmanager
+    def using_surrogate(self, surrogate: Any):
+        """``with snn.using_surrogate(s):`` - :meth:`set_surrogate` for the block, the previous one restored after."""
+        previous = self.set_surrogate(surrogate)
+        try:
+            yield self
+        finally:
+            self.set_surrogate(previous)
 
     @property
     def warmup(self) -> int:
@@ -548,6 +617,7 @@ class SpikingModel(nn.Module):
         static = self._chunks(x, timesteps, "head", accumulate)
         count = warmup + T - first
         self._state.n = 1  # the tail runs once, on [B, ...] means
+        assert plan.tail is not None  # tail_is_affine
         return plan.tail(*[static[i] for i in plan.tail_static], *[v / count for v in sums])
 
     def sweep(self, x: torch.Tensor, timesteps: int | None = None, *, time_major: bool = False) -> torch.Tensor:

@@ -6,6 +6,8 @@ values, cross-backend equivalence) without converting a network.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .errors import InputError
@@ -30,14 +32,18 @@ def check_sequence(x_seq: torch.Tensor, v_init: torch.Tensor | None = None) -> N
 
 
 def simulate(spec: NeuronSpec, x_seq: torch.Tensor, *, backend: str = "torch", backend_options: dict | None = None,
-             v_init: torch.Tensor | None = None, return_v: bool = False) -> SimResult:
+             v_init: torch.Tensor | None = None, return_v: bool = False, surrogate: Any = None) -> SimResult:
     """Run one layer of neurons described by ``spec`` on ``x_seq`` (``[T, B, ...]``) with a backend.
 
     The public, backend-neutral way to check neuron behaviour (hand-worked
     values, cross-backend equivalence). ``v_init`` defaults to ``spec.v0``; ``spec.step_bias`` is added per step.
+    ``surrogate``: the neurons' surrogate gradient, as for :meth:`SpikingModel.set_surrogate
+    <snnbridge.runtime.SpikingModel.set_surrogate>` (None: the backend's default).
     """
     check_sequence(x_seq, v_init)
-    layer = make_neuron_factory(backend, backend_options)(spec)
-    layer = layer.to(x_seq.device)
+    factory = make_neuron_factory(backend, backend_options)
+    layer = factory(spec).to(x_seq.device)
+    if surrogate is not None:
+        layer.set_surrogate(factory.wrap_surrogate(surrogate))
     v = spec.v0_tensor(x_seq[0]) if v_init is None else v_init.to(x_seq.dtype).clone()
     return layer.simulate(spec.biased(x_seq, 0), v, return_v=return_v)

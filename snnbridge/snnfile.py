@@ -11,7 +11,10 @@ strings, ``None``, lists, tuples and dicts. No module is pickled. What it holds:
   (:class:`~snnbridge.corrections.Savable`);
 * the recipe, backend and its options, T, decoding window, T checks, ``time_chunk``,
   ``forward_on_means``, the input shape, the conversion report, versions, the
-  architecture reference (``module:factory``) when known, and the caller's metadata.
+  architecture reference (``module:factory``) when known, and the caller's metadata;
+* ``surrogate``: the surrogate gradient set with ``snn.set_surrogate``, as its recipe entry
+  ``{"recipe": [{plugin: options}]}`` (set again on load; a surrogate not built from a recipe
+  is not saved, with a warning), or None.
 
 :func:`rebuild` turns this back into a :class:`~snnbridge.runtime.SpikingModel` from the
 ANN's architecture (traced and folded as at conversion, its weights then replaced by the
@@ -21,6 +24,7 @@ saved ones): no calibration is re-run and the outputs are bit for bit those of t
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +39,7 @@ from .plugin_manager import Registry
 from .runtime import SpikingModel
 from .sites import SiteInfo
 from .spec import NeuronSpec
+from .surrogates import build_surrogate, surrogate_of
 
 FORMAT = "snnbridge-snn"
 #: 1: a pickled module (snnbridge 0.1 before the safe format; still readable with trusted=True);
@@ -142,7 +147,27 @@ def to_payload(snn: SpikingModel, *, architecture: str | None, metadata: Mapping
         "state_dict": {k: plain(v, f"state_dict[{k!r}]") for k, v in snn.state_dict().items()},
         "report": json.loads(json.dumps(_readable(snn.report))),
         "metadata": plain(dict(metadata or {}), "metadata"),
+        "surrogate": _surrogate_record(snn),
     }
+
+
+def _surrogate_record(snn: SpikingModel) -> dict | None:
+    """The surrogate set on ``snn`` as its recipe entry ``{"recipe": [{plugin: options}]}``, or None.
+
+    Only a surrogate built from a recipe (:func:`snnbridge.surrogate`) can be rebuilt on load; any other
+    (a framework's own, a hand-made subclass) is left out with a warning: the loaded SNN has the
+    backend's default and the caller sets it again.
+    """
+    given = snn.surrogate
+    if given is None:
+        return None
+    core = surrogate_of(given)
+    if core is not None and core.source is not None:
+        return {"recipe": [plain(core.source, "the surrogate's recipe")]}
+    warnings.warn(f"snnbridge.save: the SNN's surrogate gradient {given!r} is not saved (only surrogates built by "
+                  "snnbridge.surrogate(recipe) are); the loaded SNN has the backend's default surrogate: set yours "
+                  "again with snn.set_surrogate(...).", RuntimeWarning, stacklevel=4)
+    return None
 
 
 # -- rebuilding -------------------------------------------------------------------------------------
@@ -258,4 +283,11 @@ def rebuild(payload: dict, model: Any, registry: Registry) -> SpikingModel:
     snn.time_chunk = payload["time_chunk"]
     snn.forward_on_means = payload["forward_on_means"]
     snn.architecture = payload.get("architecture")
+    saved_surrogate = payload.get("surrogate")  # files from before surrogates were saved have none
+    if saved_surrogate is not None:
+        try:
+            snn.set_surrogate(build_surrogate(saved_surrogate["recipe"], recipe.registry))
+        except SnnbridgeError as exc:
+            raise SnnFileError(f"the file's surrogate gradient {saved_surrogate['recipe']!r} cannot be set up here: "
+                               f"{exc}") from exc
     return snn

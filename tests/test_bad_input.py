@@ -194,6 +194,12 @@ def _short_table(env: Env):
     return snn(DATA[0], timesteps=4)
 
 
+def _gsr_without_input_grad(env: Env):
+    x = DATA[0].clone()
+    loss = snnbridge.training_loss([{"gsr": {"lam": 0.1}}])
+    return loss(env.model(x), torch.zeros(4, dtype=torch.long), model=env.model, inputs=x)
+
+
 CASES = [
     # recipes: snnbridge.build_recipe (and every function that takes a recipe)
     Case("unknown-plugin", "build_recipe", "['maxnrom']", lambda e: snnbridge.build_recipe(["maxnrom"]),
@@ -241,6 +247,24 @@ CASES = [
          RecipeParseError, r"plugin names, \{name: options\} mappings"),
     Case("disabled-plugin", "build_recipe", "['maxnorm'] with disable=['maxnorm']",
          lambda e: snnbridge.build_recipe(["maxnorm"], disable=["maxnorm"]), UnknownPluginError, r"disabl"),
+    # training losses: snnbridge.training_loss and the loss it returns
+    Case("loss-conversion-method", "training_loss", "['maxnorm'] (a conversion method)",
+         lambda e: snnbridge.training_loss(["maxnorm"]), PluginConflictError, r"recipe of snnbridge\.convert"),
+    Case("loss-unknown-plugin", "training_loss", "['tte']", lambda e: snnbridge.training_loss(["tte"]),
+         UnknownPluginError, r"Did you mean 'tet'"),
+    Case("loss-gsr-without-lam", "training_loss", "['gsr'] (no lam)", lambda e: snnbridge.training_loss(["gsr"]),
+         OptionError, r"\{'gsr': \{'lam': \.\.\.\}\}"),
+    Case("loss-tet-decoded-outputs", "TrainingLoss.__call__", "tet on decoded [B, K] outputs",
+         lambda e: snnbridge.training_loss(["tet"])(e.model(DATA[0]), torch.zeros(4, dtype=torch.long)), InputError,
+         r"snn\.steps\(x\)"),
+    Case("loss-batch-first-outputs", "TrainingLoss.__call__", "[B, T, K] outputs",
+         lambda e: snnbridge.training_loss(["tet"])(torch.zeros(4, 2, 3), torch.zeros(4, dtype=torch.long)),
+         InputError, r"outputs\.transpose\(0, 1\)"),
+    Case("loss-one-hot-targets", "TrainingLoss.__call__", "one-hot float targets",
+         lambda e: snnbridge.training_loss([])(torch.zeros(4, 2), torch.eye(2)[[0, 1, 0, 1]]), InputError,
+         r"targets\.argmax\(1\)"),
+    Case("loss-gsr-input-without-grad", "TrainingLoss.__call__", "gsr with inputs not requiring grad",
+         _gsr_without_input_grad, InputError, r"x\.requires_grad_\(True\) before the forward pass"),
     # recipe and config files: snnbridge.load_config
     Case("yaml-does-not-parse", "load_config", "YAML with a bad indent",
          lambda e: snnbridge.load_config(e.write("r.yaml", "recipe:\n  - maxnorm\n   - robustnorm: {percentile: 99\n")),
@@ -365,7 +389,9 @@ CASES = [
          lambda e: e.snn()(torch.rand(4, 2, 3, 8, 8), timesteps=3, time_major=True), InputError,
          r"leave timesteps out"),
     Case("backward-on-torch-backend", "SpikingModel.__call__", "parameters requiring grad on backend torch",
-         _grad_on_torch_backend, BackendError, r"torch\.no_grad\(\).*backend='spikingjelly' or 'snntorch'"),
+         _grad_on_torch_backend, BackendError,
+         r"snn\.set_surrogate\(snnbridge\.surrogate\('localzo'\)\).*torch\.no_grad\(\)"
+         r".*backend='spikingjelly' or 'snntorch'"),
     Case("bias-table-too-short", "SpikingModel.__call__", "a 3-step bias table run for 4 steps", _short_table,
          InputError, r"can run at most T = 3.*convert again with timesteps=4"),
     Case("record-unknown-keep", "SpikingModel.record", "keep='spkes'",
@@ -422,6 +448,39 @@ CASES = [
     Case("checkpoint-pickled-object", "load_checkpoint", "a checkpoint holding a pickled module",
          lambda e: (torch.save({"model": _net()}, e.tmp / "p.pt"), load_checkpoint(_net(), e.tmp / "p.pt")),
          ModelLoadError, r"trust=True"),
+    # surrogate gradients: snnbridge.surrogate and SpikingModel.set_surrogate
+    Case("surrogate-unknown-option", "surrogate", "localzo: {detla: 0.1}",
+         lambda e: snnbridge.surrogate({"localzo": {"detla": 0.1}}), OptionError, r"Did you mean 'delta'"),
+    Case("surrogate-two", "surrogate", "['localzo', 'sg']", lambda e: snnbridge.surrogate(["localzo", "sg"]),
+         PluginConflictError, r"Keep one"),
+    Case("surrogate-none", "surrogate", "[]", lambda e: snnbridge.surrogate([]), MissingRequirementError,
+         r"e\.g\. 'localzo'"),
+    Case("surrogate-conversion-plugin", "surrogate", "['maxnorm']", lambda e: snnbridge.surrogate(["maxnorm"]),
+         PluginConflictError, r"belongs in the recipe of snnbridge\.convert"),
+    Case("surrogate-in-convert-recipe", "convert", "['maxnorm', 'localzo']",
+         lambda e: e.convert(["maxnorm", "localzo"]), PluginConflictError,
+         r"convert without it.*snn\.set_surrogate"),
+    Case("set-surrogate-other-framework", "SpikingModel.set_surrogate", "an snnTorch surrogate on spikingjelly",
+         lambda e: e.snn(backend="spikingjelly").set_surrogate(snnbridge.surrogate("sg", framework="snntorch")),
+         BackendError, r"framework='spikingjelly'"),
+    Case("set-surrogate-not-a-spike-function", "SpikingModel.set_surrogate", "a callable returning 2x",
+         lambda e: e.snn(backend="snntorch").set_surrogate(lambda v: 2 * v), BackendError,
+         r"snntorch\.surrogate\.\*\) or a snnbridge\.Surrogate"),
+    Case("set-surrogate-misspelled-recipe", "SpikingModel.set_surrogate", "'localz'",
+         lambda e: e.snn().set_surrogate("localz"), UnknownPluginError, r"Did you mean 'localzo'"),
+    Case("loss-in-convert-recipe", "convert", "['maxnorm', 'tet']", lambda e: e.convert(["maxnorm", "tet"]),
+         PluginConflictError, r"convert without it.*snnbridge\.training_loss\(\['tet'\]\)"),
+    # robustness evaluation: snnbridge.robustness
+    Case("attack-negative-eps", "fgsm", "eps = -0.1",
+         lambda e: snnbridge.fgsm(e.model, DATA[0], torch.zeros(4, dtype=torch.long), -0.1), InputError,
+         r"eps"),
+    Case("attack-zero-steps", "pgd", "steps = 0",
+         lambda e: snnbridge.pgd(e.model, DATA[0], torch.zeros(4, dtype=torch.long), 0.1, steps=0), InputError,
+         r"steps"),
+    Case("robustness-surrogates-on-ann", "evaluate_robustness", "surrogates for a model without set_surrogate",
+         lambda e: snnbridge.evaluate_robustness(e.model, (DATA[0], torch.zeros(4, dtype=torch.long)),
+                                                 surrogates=["localzo"], progress=False), InputError,
+         r"set_surrogate"),
 ]
 
 
