@@ -405,8 +405,15 @@ def _reorder_maxpool(gm: fx.GraphModule, sites: dict[str, SiteInfo], report) -> 
 # -- support check -------------------------------------------------------------------------------------
 
 
-def _is_tensorish(arg) -> bool:
-    return isinstance(arg, fx.Node)
+def input_dependent(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose value depends on the model's input: signals. A buffer or parameter read
+    (``get_attr``) and what is computed from such constants alone are constants (``(x - self.mean) /
+    self.std`` is an affine map of the signal ``x``)."""
+    signals: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in signals for a in node.all_input_nodes):
+            signals.add(node)
+    return signals
 
 
 def _dims_touch_batch(node: fx.Node) -> bool:
@@ -432,7 +439,7 @@ def _dims_touch_batch(node: fx.Node) -> bool:
     return 0 in dims
 
 
-def _check_call(node: fx.Node) -> tuple[str, str] | None:
+def _check_call(node: fx.Node, signals: set[fx.Node]) -> tuple[str, str] | None:
     """``(op, the fix)`` for a ``call_function``/``call_method`` node the runtime cannot run, or None."""
     if node.op == "call_function":
         name = getattr(node.target, "__name__", str(node.target))
@@ -443,7 +450,7 @@ def _check_call(node: fx.Node) -> tuple[str, str] | None:
         label, scalar_ok, linear_ok = f".{name}()", name in SCALAR_METHODS, name in SAFE_METHODS
         kind = "method"
     if scalar_ok:
-        if sum(_is_tensorish(a) for a in node.args) >= 2:
+        if sum(a in signals for a in node.args if isinstance(a, fx.Node)) >= 2:
             return f"{label} of two signals", _suggest("mul")
         return None
     if linear_ok:
@@ -461,6 +468,7 @@ def _where(node: fx.Node) -> str:
 def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
     """Refuse the model, listing every unsupported op once with where it occurs and one suggested rewrite."""
     groups: dict[tuple[str, str], list[str]] = {}
+    signals = input_dependent(gm)
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
@@ -470,7 +478,7 @@ def _check_supported(gm: fx.GraphModule, claim: ClaimFn) -> None:
                 continue
             found: tuple[str, str] | None = (f"module {type(m).__name__}", _suggest(type(m).__name__))
         else:
-            found = _check_call(node)
+            found = _check_call(node, signals)
         if found:
             groups.setdefault(found, []).append(_where(node))
     problems = []

@@ -48,3 +48,38 @@ def test_unsupported_ops_are_grouped_with_one_rewrite_each():
     hardsigmoid = next(line for line in lines if "Hardsigmoid" in line)
     assert "Hardtanh(0, 1)" in hardsigmoid and "sigmoid is not piecewise" not in hardsigmoid  # no substring mix-up
     assert any("mul of two signals" in line and "squeeze-and-excitation" in line for line in lines)
+
+
+class _Normalised(torch.nn.Module):
+    """Normalisation inside the model, from buffers (what pixel-space attacks need)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def test_normalisation_by_buffers_is_a_constant_not_a_second_signal():
+    """(x - mean) / std with buffers converts; the SNN equals the one of the bare model on normalised inputs."""
+    torch.manual_seed(0)
+    bare = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    wrapped = _Normalised(bare).eval()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    norm = (x - wrapped.mean) / wrapped.std
+    a = snnbridge.convert(wrapped, ["maxnorm"], calibration=[x], timesteps=8, progress=False)
+    b = snnbridge.convert(bare, ["maxnorm"], calibration=[norm], timesteps=8, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(norm))
+    # a genuine product of two signals is still refused
+    with pytest.raises(snnbridge.UnsupportedModelError, match="truediv of two signals"):
+        snnbridge.trace_for_conversion(_SelfDivide())
+
+
+class _SelfDivide(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) / (x.abs() + 1)
