@@ -61,7 +61,7 @@ import math
 
 import torch
 
-from snnbridge import BackendError, NeuronLayer, PluginInfo, SimResult, Surrogate, hookimpl
+from snnbridge import BackendError, NeuronLayer, PluginInfo, SimResult, Surrogate, firing_rule, hookimpl
 
 NAME = "snntorch"
 #: arc-tangent surrogate width, snnTorch's default (``snntorch.surrogate.atan(alpha=2.0)``)
@@ -135,16 +135,8 @@ class TiesFire:
 
 
 def _fires(fn) -> str | None:
-    """``">="`` or ``">"``: the rule a spike function follows on x = -1, 0, 1; None when it is no spike function."""
-    probe = torch.tensor([-1.0, 0.0, 1.0])
-    try:
-        with torch.no_grad():
-            out = fn(probe)
-    except Exception:
-        return None
-    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
-        return None
-    return {(0.0, 1.0, 1.0): ">=", (0.0, 0.0, 1.0): ">"}.get(tuple(out.detach().float().tolist()))
+    """The firing rule of a spike function (:func:`snnbridge.surrogates.firing_rule`)."""
+    return firing_rule(fn)
 
 
 class SnnTorchLayer(NeuronLayer):

@@ -87,7 +87,7 @@ import os
 import torch
 from torch import nn
 
-from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, Surrogate, hookimpl
+from snnbridge import BackendError, NeuronLayer, Option, PluginInfo, SimResult, Surrogate, firing_rule, hookimpl
 
 NAME = "spikingjelly"
 KERNELS = ("auto", "torch", "cupy", "triton", "cuda")
@@ -434,16 +434,7 @@ def __getattr__(name):  # PEP 562: ``SpikingJellySurrogate`` exists once asked f
 def _fires(fn) -> str | None:
     """``">="`` or ``">"``: the rule a spike function follows on x = -1, 0, 1; None when it is no spike function."""
     device = next((p.device for p in fn.parameters()), torch.device("cpu"))  # a module with a learnable width
-    probe = torch.tensor([-1.0, 0.0, 1.0], device=device)
-    try:
-        with torch.no_grad():
-            out = fn(probe)
-    except Exception:
-        return None
-    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
-        return None
-    got = out.detach().float().tolist()
-    return {(0.0, 1.0, 1.0): ">=", (0.0, 0.0, 1.0): ">"}.get(tuple(got))
+    return firing_rule(fn, device)
 
 
 @hookimpl

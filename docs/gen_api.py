@@ -15,9 +15,10 @@ OUT = HERE / "api.md"
 
 GROUPS = [
     ("Converting and running", ["convert", "prepare", "simulate", "SpikingModel", "SpikingSite", "save", "load",
-                                "record", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy",
-                                "plot_layer_report", "trace_for_conversion", "ConversionGraph"]),
-    ("Training", ["training_loss", "TrainingLoss", "surrogate", "Surrogate"]),
+                                "record", "accuracy_curve", "ann_accuracy", "report", "layer_report", "energy",
+                                "plot_accuracy", "plot_layer_report", "fold_scales", "is_folded", "export_nir",
+                                "trace_for_conversion", "ConversionGraph"]),
+    ("Training", ["training_loss", "TrainingLoss", "surrogate", "Surrogate", "firing_rule"]),
     ("Robustness", ["robustness", "evaluate_robustness", "fgsm", "pgd", "uniform_noise", "RobustnessReport"]),
     ("Recipes and plugins", ["build_recipe", "load_config", "parse_config", "Recipe", "RecipeEntry", "RunConfig",
                              "DataConfig", "get_registry", "hookimpl", "PluginInfo", "CAPABILITIES", "Option",

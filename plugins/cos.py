@@ -72,6 +72,8 @@ class OffsetSpikeCalibration(SiteCorrection):
     """
 
     scope = "layer"
+    #: every term of the shift is a multiple of the threshold: exact after fold_scales (units of theta)
+    threshold_relative = True
 
     def __init__(self, rho: int = 4, rounds: int = 1):
         self.presim_steps = int(rho)

@@ -41,6 +41,8 @@ class ResidualPotentialMask(SiteCorrection):
     """
 
     scope = "network"
+    #: the mask compares v(tau) with a multiple of the threshold: exact after fold_scales (units of theta)
+    threshold_relative = True
 
     def __init__(self, tau: int = 4, mask_threshold: float = 1e-3):
         self.presim_steps = int(tau)

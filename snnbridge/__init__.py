@@ -17,6 +17,7 @@ from .context import ConversionContext
 from .convert import convert
 from .corrections import Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck, TimestepMismatchWarning
 from .diagnose import layer_report
+from .energy import energy
 from .errors import (
                           BackendError,
                           CalibrationError,
@@ -37,10 +38,12 @@ from .errors import (
 from .evaluate import accuracy_curve, ann_accuracy
 from .factory import NeuronFactory, make_neuron_factory
 from .feeding import Feed
+from .folding import fold_scales, is_folded
 from .graph import ConversionGraph, trace_for_conversion
 from .hookspecs import hookimpl
 from .io import load, save
 from .neurons import NeuronLayer, SimResult
+from .nir_export import export_nir
 from .observers import (
                           EMAMaxObserver,
                           EMAObserver,
@@ -58,13 +61,14 @@ from .plugin_manager import PluginLoadWarning, get_registry
 from .prepare import prepare
 from .recipe import DataConfig, Recipe, RecipeEntry, RunConfig, build_recipe, load_config, parse_config
 from .recording import Recording, SiteTrace, record
+from .report import report
 from .robustness import RobustnessReport, fgsm, pgd, uniform_noise
 from .robustness import evaluate as evaluate_robustness
 from .runtime import SpikingModel, SpikingSite
 from .simulation import simulate
 from .sites import SiteInfo
 from .spec import NeuronSpec
-from .surrogates import Surrogate, surrogate
+from .surrogates import Surrogate, firing_rule, surrogate
 from .training import TrainingLoss, training_loss
 
 __version__ = "0.1.0"
@@ -77,9 +81,12 @@ __all__ = [
     # conversion and running
     "convert", "prepare", "simulate", "trace_for_conversion", "ConversionGraph", "SpikingModel", "SpikingSite",
     "save", "load", "record", "accuracy_curve", "ann_accuracy", "layer_report", "plot_accuracy", "plot_layer_report",
+    "fold_scales", "is_folded", "export_nir",
+    "report",
+    "energy",
     # training
     "training_loss", "TrainingLoss",
-    "surrogate", "Surrogate",
+    "surrogate", "Surrogate", "firing_rule",
     # robustness (snnbridge.robustness)
     "robustness", "evaluate_robustness", "fgsm", "pgd", "uniform_noise", "RobustnessReport",
     # recipes and plugins

@@ -4,6 +4,9 @@
     snnbridge convert --config recipe.yaml --model module:factory (--checkpoint ann.pt | --random-init) --data DATA
                       --out snn.pt [--timesteps T]
     snnbridge evaluate --snn snn.pt --data DATA [--report-timesteps 1,2,4,8,16,32] [--json out.json] [--plot out.png]
+    snnbridge report snn.pt --data DATA [--model module:factory --checkpoint ann.pt] --out report/
+    snnbridge report --config recipe.yaml --model module:factory (--checkpoint ann.pt | --random-init) --data DATA
+                     --out report/
 
 A flag means the same in every command: ``--timesteps``/``-T`` is the T an SNN is converted
 for; ``--report-timesteps`` the T values ``evaluate`` reports. Every ``convert`` and
@@ -119,6 +122,28 @@ examples:
 """
 
 
+_REPORT_HELP = """\
+The conversion report of an SNN (snnbridge.report): per activation site the threshold, the
+firing rate, the silent neurons, the error against the ANN split into clipping and
+quantization error, the offset spikes and each site's share of the error; accuracy vs T
+(one simulation per batch); synaptic operations and energy (snnbridge.energy, on the first
+batch). Written into the folder --out: report.json, report.html (one self-contained page,
+plots embedded: open it in any browser, offline), the plots as PNG files and
+report.run.json (how to repeat the run).
+
+The SNN is SNN_FILE (saved by `snnbridge convert`; give the ANN with --model and
+--checkpoint for the comparisons), or is converted now from --config/--model/--checkpoint
+(calibrating on the train split of --data, as `snnbridge convert` does). The report uses the
+--split folder of --data (default: test).
+
+examples:
+  snnbridge report snn.pt --data cifar10-jpeg.tar.gz --model examples.cifar10.model:make_model \\
+      --checkpoint ann.pt --samples 1000 --out report/
+  snnbridge report --config recipe.yaml --model examples.cifar10.model:make_model \\
+      --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 32 --out report/
+"""
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image preprocessing (defaults: the SNN file's or config's values, else CIFAR-10)")
     g.add_argument("--image-size", type=int, metavar="PIXELS", help="resize images to PIXELS x PIXELS")
@@ -215,6 +240,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conversion_options(p, evaluate=True)
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="a conversion report (per-site errors, firing rates, accuracy vs T, SynOps) as "
+                                      "JSON and one HTML page", description=_REPORT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("snn", nargs="?", metavar="SNN_FILE", help="an SNN saved by `snnbridge convert` (or give --config "
+                                                              "to convert now)")
+    p.add_argument("--snn", dest="snn_flag", metavar="FILE", help="the same as SNN_FILE (as in `snnbridge evaluate`)")
+    _add_model_options(p, required=False)
+    p.add_argument("--data", metavar="PATH", help="image folder or .tar.gz (uses its --split folder when it has one; "
+                   "the train split calibrates a --config conversion)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for report.json, report.html and the "
+                                                                       "plots")
+    p.add_argument("--split", default="test", help="split folder to report on (default: test)")
+    p.add_argument("--samples", type=_positive_int, metavar="N", help="report on N images drawn at random "
+                   "(default: all)")
+    p.add_argument("--report-timesteps", type=_int_list, metavar="T1,T2,...",
+                   help="the T values of the accuracy curve (default: 1,2,4,... up to the SNN's T); everything else "
+                        "is measured at the largest")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
+    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
+                   "config's 'seed', else 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--energy", default="fp32_45nm", metavar="PRESET",
+                   help="energy per operation for the SynOps part: fp32_45nm (default), fp16_45nm, int8_45nm "
+                        "(Horowitz, ISSCC 2014), or 'none' to leave it out")
+    _add_conversion_options(p)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -890,6 +945,120 @@ def cmd_evaluate(args) -> int:
     for path in record_files:
         _write(path, lambda p: runrecord.write(record, p))
         print(f"wrote {path} (run record)", file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+    return 0
+
+
+# =============================================================================================
+# snnbridge report
+# =============================================================================================
+
+
+def cmd_report(args) -> int:
+    from . import runrecord
+    from .corrections import TimestepCheck, longest_run
+    from .data import open_image_folder
+    from .evaluate import default_timesteps
+    from .io import load
+    from .report import report, summary_lines
+
+    started, started_at = time.perf_counter(), runrecord.now()
+    if args.snn_flag:
+        if args.snn and args.snn != args.snn_flag:
+            raise CliError(f"two SNN files: {args.snn} and --snn {args.snn_flag}; give one.")
+        args.snn = args.snn_flag
+    if args.snn and args.config:
+        raise CliError("give either SNN_FILE (a converted SNN) or --config/--model (convert now), not both.")
+    if not args.snn and not args.config:
+        raise CliError("give SNN_FILE (from `snnbridge convert`) or --config RECIPE --model MODULE:FACTORY.")
+    if args.snn and args.conv_timesteps is not None:
+        raise CliError(f"--timesteps {args.conv_timesteps} is the T an SNN is converted for, and {args.snn} is "
+                       "converted already. To report the accuracy at given T values, write --report-timesteps "
+                       f"{args.conv_timesteps}.")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {args.out!r} is a file; give a folder (report.json, report.html and the plots go "
+                       "there).")
+    if args.energy.lower() != "none":
+        from .energy import resolve_costs
+
+        resolve_costs(args.energy)  # an unknown preset: an error before any work
+    device = _device(args.device)
+    progress = _progress(args)
+    setup = _Setup(args)
+    if not setup.data_path:
+        raise CliError("give --data PATH: the image folder or .tar.gz to report on.")
+    ann = None
+    model_record: dict | None = None
+    if args.snn:
+        if args.backend:
+            _warn("--backend only applies when converting (--config); the saved SNN is used as it is.")
+        snn, info = load(args.snn, with_info=True)
+        meta = info.get("metadata") or {}
+        saved_norm, classes = meta.get("data") or {}, meta.get("classes")
+        if setup.model_spec:
+            _require_weights(args, setup)
+            ann = _build_ann(args, setup)
+            model_record = _model_record(args, setup)
+        else:
+            _warn("no ANN given (--model MODULE:FACTORY with --checkpoint FILE): the report shows the SNN's "
+                  "thresholds, firing rates, silent neurons, accuracy and SynOps, but not its errors against the ANN, "
+                  "offset spikes or error shares.")
+        source = str(args.snn)
+        snn_record = {"path": str(args.snn), "sha256": runrecord.sha256_file(args.snn),
+                      "saved_at": info.get("saved_at"), "conversion": meta.get("run")}
+    else:
+        snn, ann, meta = _convert(args, setup, device, progress)
+        saved_norm, classes = meta["data"], meta["classes"]
+        source = f"{setup.model_spec} converted with {setup.config_path}"
+        snn_record = {"converted": meta["conversion"]}
+        model_record = meta["conversion"]["model"]
+    steps = list(args.report_timesteps or default_timesteps(snn.timesteps))
+    _check_report(steps, [(c.plugin, c.timesteps, c.policy) for c in snn.timestep_checks
+                          if isinstance(c, TimestepCheck)], longest_run(snn),
+                  "--report-timesteps asks for" if args.report_timesteps else "the default report goes up to the SNN's")
+    snn.to(device).eval()
+    if ann is not None:
+        ann.to(device).eval()
+    norm = _data_settings(args, setup.norm, saved_norm)
+    data = open_image_folder(setup.data_path, args.split, **norm)
+    if args.split and data.split != args.split:
+        _warn(f"{setup.data_path} has no {args.split!r} folder; reporting on all its images.")
+    if classes and list(classes) != data.classes:
+        _warn(f"the report's classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
+              f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
+    indices = data.sample(args.samples, seed=args.seed)
+    split = f"/{data.split}" if data.split else ""
+    about = {"SNN": source, "data": f"{len(indices)} of {len(data)} images from {setup.data_path}{split}"
+             + (f" (random sample, seed {args.seed})" if len(indices) < len(data) else "")}
+    try:
+        batches = data.batches(indices, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+        rep = report(ann, snn, batches, timesteps=steps, out=out, progress=progress, about=about,
+                     costs=None if args.energy.lower() == "none" else args.energy)
+    except RuntimeError as exc:
+        raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "
+                       "--mean/--std and the data; --debug shows the traceback.") from exc
+    _say(f"SNN:         {source}")
+    _say(f"             recipe {_recipe_text(snn.recipe)}; backend {snn.backend_name}; converted for T = "
+         f"{snn.timesteps}; measured at T = {rep['measured_at']}")
+    _say(f"data:        {about['data']}")
+    for line in summary_lines(rep):
+        _say(line)
+    record_file = out / "report.run.json"
+    record = {
+        **runrecord.header("report", args.argv), "seed": args.seed, "snn": snn_record, "recipe": snn.recipe,
+        "timesteps": snn.timesteps, "model": model_record,
+        "data": {"path": str(setup.data_path), "path_resolved": str(Path(setup.data_path).resolve()),
+                 "split": data.split, "classes": data.classes, "normalisation": norm},
+        "evaluation": {"split": data.split, "samples": len(indices), "images_available": len(data),
+                       "seed": args.seed, "batch_size": args.batch_size, "report_timesteps": steps,
+                       "indices": indices},
+        "device": str(device), "output": {**rep["files"], "run_record": str(record_file)},
+        runrecord.TIMING_KEY: {"started_at": started_at, "finished_at": runrecord.now(),
+                               "seconds": round(time.perf_counter() - started, 3)},
+    }
+    _write(str(record_file), lambda p: runrecord.write(json.loads(json.dumps(record, default=str)), p))
+    _say(f"\nwrote {rep['files']['html']} (open it in a browser), {rep['files']['json']}, the plots and "
+         f"{record_file.name}")
     return 0
 
 

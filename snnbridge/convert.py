@@ -21,6 +21,7 @@ from .context import DEFAULT_BATCH_SIZE, ConversionContext, given_as_samples
 from .corrections import TimestepCheck
 from .errors import CalibrationError, InputError, MissingRequirementError, PluginError
 from .factory import make_neuron_factory
+from .folding import fold_in_place
 from .graph import trace_for_conversion
 from .recipe import Recipe, build_recipe
 from .runtime import SpikingModel
@@ -59,7 +60,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = None, backend: str = "torch",
             timesteps: int = 32, backend_options: dict | None = None, calibration_batches: int | None = None,
             example_input: torch.Tensor | None = None, progress: bool = True, seed: int = 0,
-            calibration_batch_size: int | None = None) -> SpikingModel:
+            calibration_batch_size: int | None = None, fold_scales: bool = False) -> SpikingModel:
     """Convert a trained ANN into an SNN of real neurons.
 
     Args:
@@ -84,6 +85,10 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
         calibration_batch_size: batch size when ``calibration`` is given as samples (a tensor,
             an ``(inputs, targets)`` pair or a Dataset; default 128). Refused for data that is
             batched already (a DataLoader's batch size is its own).
+        fold_scales: after all corrections, fold every threshold into the surrounding weights so that
+            every neuron has threshold 1 and emits 0/1 spikes (same output up to float rounding;
+            :func:`snnbridge.fold_scales`). What cannot be folded raises an
+            :class:`~snnbridge.errors.InputError` naming the site and why.
 
     Returns:
         a :class:`~snnbridge.runtime.SpikingModel`; ``snn(x)`` returns the decoded output and
@@ -91,6 +96,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     """
     started = time.perf_counter()
     timesteps = check_timesteps(timesteps)
+    if not isinstance(fold_scales, bool):
+        raise InputError(f"fold_scales must be True or False, got {fold_scales!r}.")
     if calibration_batches is not None and (isinstance(calibration_batches, bool) or
                                             not isinstance(calibration_batches, int) or calibration_batches < 1):
         raise InputError(f"calibration_batches must be a positive whole number (or None for all batches), got "
@@ -164,6 +171,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
         if entry.info.t_specific and registry.implements(entry.name, "snnbridge_correct_error"):
             snn.timestep_checks.append(TimestepCheck(entry.name, ctx.timesteps_for(entry.options),
                                                      entry.options["on_mismatch"]))
+    if fold_scales:
+        fold_in_place(snn)
     report["specs"] = {n: s.describe() for n, s in snn.specs.items()}
     report["notes"] = ctx.report["notes"]
     report["steps_run"] = snn.steps_run

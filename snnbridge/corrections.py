@@ -119,10 +119,16 @@ class SiteCorrection(Savable):
     implement :meth:`adjust`. A saved SNN stores the instance attributes (plain data, see
     :class:`Savable`); keep subclasses at module level in an importable module (a plugin)
     so that loading finds the class.
+
+    ``threshold_relative``: set it to True when every quantity the correction compares or
+    returns is a multiple of the site's threshold (COS's offset shift, SRP's masks); then
+    ``fold_scales`` may fold the threshold into the weights and keep the correction, which makes
+    the same decisions in units of the threshold. Otherwise folding refuses the SNN.
     """
 
     presim_steps: int = 0
     scope: str = "layer"
+    threshold_relative: bool = False
 
     def adjust(self, site: SpikingSite, record: PresimRecord, v0: torch.Tensor) -> Adjustment | None:
         """Decide the counted run's state and mask for every sample of the batch.

@@ -57,6 +57,23 @@ class _Spike(torch.autograd.Function):
         return grad * d.to(grad.dtype), None
 
 
+def firing_rule(fn: Any, device: torch.device | str = "cpu") -> str | None:
+    """``">="`` or ``">"``: the rule the spike function ``fn`` follows on ``x = -1, 0, 1``; None when it is none.
+
+    Adapters use it to tell a framework's native surrogate (snnTorch's fire on ``>``) from one that
+    keeps snnbridge's rule (ties fire), before putting it on their neurons.
+    """
+    probe = torch.tensor([-1.0, 0.0, 1.0], device=device)
+    try:
+        with torch.no_grad():
+            out = fn(probe)
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return None
+    return {(0.0, 1.0, 1.0): ">=", (0.0, 0.0, 1.0): ">"}.get(tuple(out.detach().float().tolist()))
+
+
 class Surrogate:
     """A surrogate spike function on ``x = v - threshold``: exact spikes forward, ``derivative(x)`` backward.
 
@@ -126,18 +143,12 @@ def surrogate_of(obj: Any) -> Surrogate | None:
 def build_surrogate(recipe: Any, registry: Registry | None = None) -> Surrogate:
     """The core :class:`Surrogate` of ``recipe`` (its one surrogate plugin, validated; see :func:`surrogate`)."""
     from .options import resolve_options
-    from .plugin_manager import get_registry, plugin_object_name
-    from .recipe import _entries
+    from .plugin_manager import plugin_object_name
+    from .recipe import entries_and_registry
 
     if isinstance(recipe, Surrogate):
         return recipe
-    entries = _entries(recipe)
-    objects = [e for e, _ in entries if not isinstance(e, str)]
-    if registry is None:
-        registry = get_registry(objects)
-    else:
-        for obj in objects:
-            registry.add_object(obj)
+    entries, registry = entries_and_registry(recipe, registry)
     offered = [n for n in registry.names() if "surrogate" in registry.info(n).provides]
     example = "'localzo' or {'sg': {'shape': 'atan'}}"
     if not entries:

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from .errors import InputError, PluginConflictError, PluginError, RecipeParseError
 from .options import resolve_options
-from .plugin_manager import Registry, get_registry, plugin_object_name
-from .recipe import Recipe, RecipeEntry, _check_capabilities, _entries
+from .plugin_manager import Registry, plugin_object_name
+from .recipe import Recipe, RecipeEntry, _check_capabilities, entries_and_registry
 
 HOOK = "snnbridge_training_loss"
 BASE, TERM = "training_loss", "loss_term"
@@ -111,13 +111,7 @@ def training_loss(recipe: Any, *, registry: Registry | None = None) -> TrainingL
 
 def training_recipe(recipe: Any, *, registry: Registry | None = None) -> Recipe:
     """Parse and validate a recipe of training plugins; raises before any work (see :func:`training_loss`)."""
-    entries = _entries(recipe)
-    objects = [e for e, _ in entries if not isinstance(e, str)]
-    if registry is None:
-        registry = get_registry(objects)
-    else:
-        for obj in objects:
-            registry.add_object(obj)
+    entries, registry = entries_and_registry(recipe, registry)
     built: list[RecipeEntry] = []
     for entry, given in entries:
         name = entry if isinstance(entry, str) else plugin_object_name(entry)
