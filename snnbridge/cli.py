@@ -828,12 +828,57 @@ def _check_report(report: list[int], calibrated: list[tuple[str, int, str]], lon
                                 f"{top} to report up to {top}.")
 
 
+def _saved_snn(args, setup: _Setup):
+    """A saved SNN (``--snn``) and, when ``--model`` is given, the ANN to compare it with.
+
+    Returns ``(snn, info, ann or None, model record or None, SNN record)`` (evaluate and report).
+    """
+    from . import runrecord
+    from .io import load
+
+    if args.backend:
+        _warn("--backend only applies when converting (--config); the saved SNN is used as it is.")
+    snn, info = load(args.snn, with_info=True)
+    meta = info.get("metadata") or {}
+    ann = model_record = None
+    if setup.model_spec:  # the ANN, for comparison
+        _require_weights(args, setup)
+        ann = _build_ann(args, setup)
+        model_record = _model_record(args, setup)
+    snn_record = {"path": str(args.snn), "sha256": runrecord.sha256_file(args.snn),
+                  "saved_at": info.get("saved_at"), "conversion": meta.get("run")}
+    return snn, info, ann, model_record, snn_record
+
+
+def _measured_on(args, setup: _Setup, snn, ann, device, saved_norm: dict, classes, doing: str, whose: str):
+    """The reported T values (checked against T-specific plugins), the SNN (and ANN) on ``device`` in
+    eval mode, and the images to measure on: ``(timesteps, normalisation, data, indices)``."""
+    from .corrections import TimestepCheck, longest_run
+    from .data import open_image_folder
+    from .evaluate import default_timesteps
+
+    timesteps = list(args.report_timesteps or default_timesteps(snn.timesteps))
+    _check_report(timesteps, [(c.plugin, c.timesteps, c.policy) for c in snn.timestep_checks
+                              if isinstance(c, TimestepCheck)], longest_run(snn),
+                  "--report-timesteps asks for" if args.report_timesteps else "the default report goes up to the SNN's")
+    snn.to(device).eval()
+    if ann is not None:
+        ann.to(device).eval()
+    assert setup.data_path  # both commands require --data before any work
+    norm = _data_settings(args, setup.norm, saved_norm)
+    data = open_image_folder(setup.data_path, args.split, **norm)
+    if args.split and data.split != args.split:
+        _warn(f"{setup.data_path} has no {args.split!r} folder; {doing} all its images.")
+    if classes and list(classes) != data.classes:
+        _warn(f"the {whose} classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
+              f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
+    return timesteps, norm, data, data.sample(args.samples, seed=args.seed)
+
+
 def cmd_evaluate(args) -> int:
     from . import runrecord
-    from .corrections import TimestepCheck, calibrated_timesteps, longest_run
-    from .data import open_image_folder
-    from .evaluate import accuracy_curve, default_timesteps
-    from .io import load
+    from .corrections import calibrated_timesteps
+    from .evaluate import accuracy_curve
 
     started, started_at = time.perf_counter(), runrecord.now()
     if args.snn and args.config:
@@ -852,19 +897,10 @@ def cmd_evaluate(args) -> int:
     classes = None
     model_record = None
     if args.snn:
-        if args.backend:
-            _warn("--backend only applies when converting (--config); the saved SNN is used as it is.")
-        snn, info = load(args.snn, with_info=True)
+        snn, info, ann, model_record, snn_record = _saved_snn(args, setup)
         meta = info.get("metadata") or {}
-        saved_norm = meta.get("data") or {}
-        classes = meta.get("classes")
-        if setup.model_spec:  # the ANN, for comparison
-            _require_weights(args, setup)
-            ann = _build_ann(args, setup)
-            model_record = _model_record(args, setup)
+        saved_norm, classes = meta.get("data") or {}, meta.get("classes")
         source = str(args.snn)
-        snn_record = {"path": str(args.snn), "sha256": runrecord.sha256_file(args.snn),
-                      "saved_at": info.get("saved_at"), "conversion": meta.get("run")}
         backend = {"name": snn.backend_name, "options": info.get("backend_options") or {}}
     else:
         def before_work(recipe):  # reject reported T values past a T-specific plugin's T before converting
@@ -880,21 +916,8 @@ def cmd_evaluate(args) -> int:
         snn_record = {"converted": meta["conversion"]}
         model_record = meta["conversion"]["model"]
         backend = meta["conversion"]["backend"]
-    report = list(args.report_timesteps or default_timesteps(snn.timesteps))
-    _check_report(report, [(c.plugin, c.timesteps, c.policy) for c in snn.timestep_checks
-                           if isinstance(c, TimestepCheck)], longest_run(snn),
-                  "--report-timesteps asks for" if args.report_timesteps else "the default report goes up to the SNN's")
-    snn.to(device).eval()
-    if ann is not None:
-        ann.to(device).eval()
-    norm = _data_settings(args, setup.norm, saved_norm)
-    data = open_image_folder(setup.data_path, args.split, **norm)
-    if args.split and data.split != args.split:
-        _warn(f"{setup.data_path} has no {args.split!r} folder; evaluating on all its images.")
-    if classes and list(classes) != data.classes:
-        _warn(f"the evaluation classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
-              f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
-    indices = data.sample(args.samples, seed=args.seed)
+    report, norm, data, indices = _measured_on(args, setup, snn, ann, device, saved_norm, classes,
+                                               "evaluating on", "evaluation")
     try:
         batches = data.batches(indices, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
         curve = accuracy_curve(snn, batches, report, ann=ann, device=device, progress=progress)
@@ -955,10 +978,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_report(args) -> int:
     from . import runrecord
-    from .corrections import TimestepCheck, longest_run
-    from .data import open_image_folder
-    from .evaluate import default_timesteps
-    from .io import load
     from .report import report, summary_lines
 
     started, started_at = time.perf_counter(), runrecord.now()
@@ -990,43 +1009,22 @@ def cmd_report(args) -> int:
     ann = None
     model_record: dict | None = None
     if args.snn:
-        if args.backend:
-            _warn("--backend only applies when converting (--config); the saved SNN is used as it is.")
-        snn, info = load(args.snn, with_info=True)
+        snn, info, ann, model_record, snn_record = _saved_snn(args, setup)
         meta = info.get("metadata") or {}
         saved_norm, classes = meta.get("data") or {}, meta.get("classes")
-        if setup.model_spec:
-            _require_weights(args, setup)
-            ann = _build_ann(args, setup)
-            model_record = _model_record(args, setup)
-        else:
+        if ann is None:
             _warn("no ANN given (--model MODULE:FACTORY with --checkpoint FILE): the report shows the SNN's "
                   "thresholds, firing rates, silent neurons, accuracy and SynOps, but not its errors against the ANN, "
                   "offset spikes or error shares.")
         source = str(args.snn)
-        snn_record = {"path": str(args.snn), "sha256": runrecord.sha256_file(args.snn),
-                      "saved_at": info.get("saved_at"), "conversion": meta.get("run")}
     else:
         snn, ann, meta = _convert(args, setup, device, progress)
         saved_norm, classes = meta["data"], meta["classes"]
         source = f"{setup.model_spec} converted with {setup.config_path}"
         snn_record = {"converted": meta["conversion"]}
         model_record = meta["conversion"]["model"]
-    steps = list(args.report_timesteps or default_timesteps(snn.timesteps))
-    _check_report(steps, [(c.plugin, c.timesteps, c.policy) for c in snn.timestep_checks
-                          if isinstance(c, TimestepCheck)], longest_run(snn),
-                  "--report-timesteps asks for" if args.report_timesteps else "the default report goes up to the SNN's")
-    snn.to(device).eval()
-    if ann is not None:
-        ann.to(device).eval()
-    norm = _data_settings(args, setup.norm, saved_norm)
-    data = open_image_folder(setup.data_path, args.split, **norm)
-    if args.split and data.split != args.split:
-        _warn(f"{setup.data_path} has no {args.split!r} folder; reporting on all its images.")
-    if classes and list(classes) != data.classes:
-        _warn(f"the report's classes ({', '.join(data.classes[:5])} ...) differ from the calibration classes "
-              f"({', '.join(classes[:5])} ...); labels may not match the model's outputs.")
-    indices = data.sample(args.samples, seed=args.seed)
+    steps, norm, data, indices = _measured_on(args, setup, snn, ann, device, saved_norm, classes,
+                                              "reporting on", "report's")
     split = f"/{data.split}" if data.split else ""
     about = {"SNN": source, "data": f"{len(indices)} of {len(data)} images from {setup.data_path}{split}"
              + (f" (random sample, seed {args.seed})" if len(indices) < len(data) else "")}
