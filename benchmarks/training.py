@@ -65,16 +65,10 @@ def _example_args(args, loss: str, surrogate: str):
 
 def fine_tuned(ann, data, args, loss: str, surrogate: str):
     """(snn, record) after converting and fine-tuning on the SpikingJelly backend."""
-    eargs = _example_args(args, loss, surrogate)
     torch.manual_seed(args.seed)
-    snn = ft.convert(ann, data, eargs, "spikingjelly")
-    if json.loads(surrogate) is not None:
-        snn.set_surrogate(snnbridge.surrogate(json.loads(surrogate), framework="spikingjelly"))
-    before = ft.accuracy(snn, *data["test"])
-    history = ft.finetune(snn, data, snnbridge.training_loss(json.loads(loss)), eargs, "spikingjelly")
-    after = ft.accuracy(snn, *data["test"])
-    return snn, {"loss": json.loads(loss), "surrogate": json.loads(surrogate), "before": before, "after": after,
-                 "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history), "history": history}
+    snn, rec = ft.run_framework(ann, data, _example_args(args, loss, surrogate), "spikingjelly")
+    rec.update(loss=json.loads(loss), surrogate=json.loads(surrogate))
+    return snn, rec
 
 
 def part1(ann, data, args) -> list[dict]:

@@ -147,17 +147,18 @@ def _entries(recipe: Any) -> list[tuple[Any, Mapping[str, Any] | None]]:
     return out
 
 
-def entries_and_registry(recipe: Any, registry: Registry | None = None
+def entries_and_registry(recipe: Any, registry: Registry | None = None, disabled: Iterable[str] = ()
                          ) -> tuple[list[tuple[Any, Mapping[str, Any] | None]], Registry]:
     """The recipe's (name-or-object, options) pairs and the registry that knows its plugin objects.
 
-    ``registry`` None: the installed plugins plus the recipe's plugin objects; otherwise the
-    objects are added to the given registry. Shared by conversion, loss and surrogate recipes.
+    ``registry`` None: the installed plugins (less ``disabled``) plus the recipe's plugin objects;
+    otherwise the objects are added to the given registry. Shared by conversion, loss and
+    surrogate recipes.
     """
     entries = _entries(recipe)
     objects = [e for e, _ in entries if not isinstance(e, str)]
     if registry is None:
-        return entries, get_registry(objects)
+        return entries, get_registry(objects, disabled=disabled)
     for obj in objects:
         registry.add_object(obj)
     return entries, registry
@@ -171,9 +172,7 @@ def build_recipe(recipe: Any, *, registry: Registry | None = None, for_conversio
     ``disable`` list); ``for_conversion=False`` skips the "needs a threshold source" rule
     (recipes for :func:`snnbridge.prepare`).
     """
-    if registry is None and disable:
-        registry = get_registry([e for e, _ in _entries(recipe) if not isinstance(e, str)], disabled=disable)
-    entries, registry = entries_and_registry(recipe, registry)
+    entries, registry = entries_and_registry(recipe, registry, disabled=disable)
     if not entries:
         raise MissingRequirementError("the recipe is empty; name at least a threshold method, e.g. ['maxnorm'] or "
                                       "[{'robustnorm': {'percentile': 99.9}}] (see `snnbridge plugins`).")

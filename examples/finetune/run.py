@@ -199,7 +199,8 @@ def convert(ann, data: dict, args, framework: str):
                              timesteps=args.timesteps, progress=not args.no_progress, seed=args.seed)
 
 
-def run_framework(ann, data: dict, args, framework: str) -> dict:
+def run_framework(ann, data: dict, args, framework: str):
+    """Convert, set the surrogate, fine-tune: ``(snn, record)`` with accuracy before and after."""
     snn = convert(ann, data, args, framework)
     surrogate = _json_arg(args.surrogate, "surrogate")
     if surrogate is not None:
@@ -212,8 +213,8 @@ def run_framework(ann, data: dict, args, framework: str) -> dict:
     history = finetune(snn, data, loss_fn, args, framework)
     after = accuracy(snn, x_test, y_test)
     print(f"[{framework}] after {args.epochs} epoch(s): {100 * after:.2f}%", flush=True)
-    return {"framework": framework, "before": before, "after": after, "history": history,
-            "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history))}
+    return snn, {"framework": framework, "before": before, "after": after, "history": history,
+                 "seconds_per_epoch": sum(h["seconds"] for h in history) / max(1, len(history))}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     ann = load_ann(args, data)
     ann_acc = snnbridge.ann_accuracy(ann, batches(*data["test"], 250))
     print(f"ANN test accuracy {100 * ann_acc:.2f}% ({len(data['test'][0])} images)", flush=True)
-    runs = [run_framework(ann, data, args, f) for f in frameworks]
+    runs = [run_framework(ann, data, args, f)[1] for f in frameworks]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"config": {k: v for k, v in vars(args).items()}, "ann_accuracy": ann_acc, "runs": runs,
