@@ -147,6 +147,14 @@ class SpikingSite(nn.Module):
         """One time chunk: the site's merged ``[n*B, ...]`` input in, weighted spikes out (same layout)."""
         x_seq = self.sequence(x)
         t0, W = self._state.t0, self._state.warmup
+        if t0 == 0 and self._state.before_fire is not None:  # the whole run is one chunk (see SpikingModel.run)
+            replaced = self._state.before_fire(self, x_seq)
+            if replaced is not None:
+                if not isinstance(replaced, torch.Tensor) or replaced.shape != x_seq.shape:
+                    raise InputError(f"before_fire returned {getattr(replaced, 'shape', type(replaced).__name__)} for "
+                                     f"site {self.name!r}; return None or a tensor shaped {tuple(x_seq.shape)} like "
+                                     "the sequence it was given.")
+                x_seq = replaced
         if t0 == 0 or self.v is None:
             self._set(v=self.initial_state(x_seq[0]), mask=None, _presim=[])
         if t0 < W < t0 + x_seq.shape[0]:
@@ -479,6 +487,8 @@ class SpikingModel(nn.Module):
 
     def _chunk(self, sites, lookahead: int, batch: int, total: int, device: torch.device) -> int:
         floor = max(1, lookahead)  # a site's look-ahead must fit in the first chunk
+        if self._state.before_fire is not None:
+            return total  # before_fire sees each site's whole input sequence
         if self.time_chunk is not None:
             return max(floor, min(int(self.time_chunk), total))
         biggest = max((math.prod(s.info.shape) for s in sites if s.info.shape), default=0)
@@ -557,17 +567,36 @@ class SpikingModel(nn.Module):
         return static
 
     def run(self, x: torch.Tensor, timesteps: int | None = None, *, until: str | None = None,
-            time_major: bool = False) -> torch.Tensor:
+            time_major: bool = False, before_fire: Callable[[SpikingSite, torch.Tensor], Any] | None = None
+            ) -> torch.Tensor:
         """Per-step outputs of the last layer, ``[warmup + T, B, ...]`` (pre-simulation included).
 
         ``until``: stop after that site: only the layers it depends on run, and its per-step
         output (weighted spikes, masks applied) is returned. Plugins that calibrate site by site
         use it to skip the rest of the network (recordings of the sites that ran still work).
         ``time_major``: ``x`` is a ``[T, B, ...]`` sequence, one input per step (see :meth:`forward`).
+
+        ``before_fire(site, sequence)``: called at every site that runs, in network order, with
+        the :class:`SpikingSite` and its whole input sequence ``[warmup + T, B, ...]`` (the
+        ``snn.warmup`` uncounted steps first; the spec's per-step biases not yet added), before
+        its neurons fire. It may change that site's spec (``snn.set_spec``): the site then fires
+        with the new one, and later sites see its new spikes. It returns None, or a tensor of the
+        same shape to fire on instead. Calibrating every site of one batch in one run this way
+        costs one simulation, where re-running the network up to each site costs one per site.
+        The run is then a single time chunk.
         """
         x = self._check_input(x, time_major)
         if until is not None and until not in self._site_names:
             raise InputError(f"the SNN has no site {until!r}; its sites are {', '.join(self._site_names)}.")
+        if before_fire is not None:
+            if not callable(before_fire):
+                raise InputError(f"before_fire must be a function (site, sequence) -> None or a tensor, got "
+                                 f"{type(before_fire).__name__}.")
+            previous, self._state.before_fire = self._state.before_fire, before_fire
+            try:
+                return self.run(x, timesteps, until=until, time_major=time_major)
+            finally:
+                self._state.before_fire = previous
         outs = []
 
         def keep(t0, n, y):

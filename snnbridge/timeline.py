@@ -27,13 +27,15 @@ class RunState:
         self.warmup = 0
         self.sequence = False
         self.recordings: list = []
+        #: ``fn(site, sequence)`` of a :meth:`~snnbridge.runtime.SpikingModel.run` with ``before_fire`` (never pickled)
+        self.before_fire = None
         #: the thread running the model now (None when idle) and its nesting depth
         self.owner: int | None = None
         self.depth = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["recordings"] = []
+        state["recordings"], state["before_fire"] = [], None
         state["owner"], state["depth"] = None, 0  # a copy is idle, whatever the original is doing
         return state
 

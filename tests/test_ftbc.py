@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 import snnbridge
-from snnbridge import PluginInfo, hookimpl
-
 from helpers import data_driven as dd
 from helpers.plugins import fixed_threshold
+from snnbridge import PluginInfo, hookimpl
 
 BACKENDS = snnbridge.get_registry().names("backend")
 
@@ -129,3 +128,63 @@ def test_select_uses_held_out_calibration_batches_only(trained):
     with pytest.raises(snnbridge.InputError, match="holdout_batches"):
         snnbridge.convert(net, ["robustnorm", {"ftbc": {"batches": 4, "select": True}}], calibration=data[:1],
                           timesteps=8, progress=False)
+
+
+def _quadratic_reference(snn, ctx_ann, batches, T, alpha, iterations):
+    """FTBC as first written: for every batch and site, re-run the network up to that site and learn its table."""
+    for _ in range(iterations):
+        for x in batches:
+            ann = ctx_ann(x)
+            for name, site in snn.sites.items():
+                with snn.record(name, keep="drive") as rec:
+                    snn.run(x, timesteps=T, until=name)
+                drive = rec[name].counted("drive")
+                spec = site.spec
+                C = drive.shape[2]
+                table = spec.step_table(T, C)
+                v = site.initial_state(drive[0])
+                th = spec.threshold_tensor(drive, 2)
+                shape = (1, 1, C) + (1,) * (drive.dim() - 3)
+                for t in range(T):
+                    step = drive[t:t + 1]
+                    e = snnbridge.channels.mean(site.neuron.simulate(step, v).weighted(th)[0]) \
+                        - snnbridge.channels.mean(ann[name])
+                    table[t] -= alpha * e
+                    v = site.neuron.simulate(step - (alpha * e).view(shape), v).v_last
+                snn.set_spec(name, spec.replace(step_bias=table))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_run_per_batch_equals_rerunning_up_to_each_site(small_resnet, calib_batches, backend):
+    # the residual net: a site's input mixes the outputs of two earlier sites, both already corrected
+    T, recipe = 6, ["maxnorm", {"ftbc": {"batches": 3, "iterations": 2}}]
+    fast = snnbridge.convert(small_resnet, recipe, calibration=calib_batches[:3], timesteps=T, progress=False,
+                             backend=backend)
+    ref = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches[:3], timesteps=T, progress=False,
+                            backend=backend)
+    ref.time_chunk = T
+    graph = snnbridge.trace_for_conversion(small_resnet)
+    ctx = snnbridge.ConversionContext(graph, timesteps=T, progress=False)
+    _quadratic_reference(ref, ctx.site_activations, calib_batches[:3], T, 0.5, 2)
+    assert len(fast.sites) == 3  # relu, the block's inner one, the one after the add
+    for name in fast.sites:
+        torch.testing.assert_close(fast.specs[name].step_bias, ref.specs[name].step_bias, atol=1e-5, rtol=0)
+
+
+def test_before_fire_sees_every_site_once_in_order_and_may_replace_the_input(small_resnet, calib_batches):
+    snn = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=5, progress=False)
+    seen = []
+
+    def silence_first(site, seq):
+        seen.append((site.name, tuple(seq.shape)))
+        return torch.zeros_like(seq) if site.name == seen[0][0] else None
+
+    x = calib_batches[0][:3]
+    with snn.record(list(snn.sites)[0], keep="spikes") as rec:
+        snn.run(x, before_fire=silence_first)
+    assert [n for n, _ in seen] == list(snn.sites)
+    assert all(shape[:2] == (5, 3) for _, shape in seen)
+    assert float(rec[list(snn.sites)[0]].counted("spikes").sum()) == 0  # fired on the zeros it was handed
+    with pytest.raises(snnbridge.InputError, match="before_fire returned"):
+        snn.run(x, before_fire=lambda site, seq: seq[:1])
+    torch.testing.assert_close(snn.run(x), snn.run(x, before_fire=lambda site, seq: None))
