@@ -201,12 +201,13 @@ def snnbridge_configure_neuron(site, spec, ctx, options):
 
 
 @torch.no_grad()
-def _snn_rates(snn, name: str, batches, T: int) -> torch.Tensor:
-    """The SNN's mean weighted-spike rate at site ``name`` over the images of ``batches`` (``[C, ...]``)."""
+def _snn_rates(snn, ctx, name: str, batches, T: int) -> torch.Tensor:
+    """The SNN's mean weighted-spike rate at site ``name`` over the images of ``batches`` (``[C, ...]``; in a
+    distributed conversion over every rank's images)."""
     with snn.record(name, keep="rate") as rec:
         for x in batches:
             snn.run(x, timesteps=T, until=name)
-    return rec.sample_mean(name, "rate")
+    return ctx.all_mean(rec.sample_mean(name, "rate"), sum(x.shape[0] for x in batches))
 
 
 def _bias_correct(snn, name: str, err: torch.Tensor, T: int, notes: list) -> str:
@@ -230,12 +231,12 @@ def _bc_pc(snn, ctx, options, T: int, do_bc: bool, do_pc: bool, notes: list) -> 
                            f"{'PC' if do_pc else ''}", unit="site")
     for name in bar:
         if do_bc:
-            diff = _snn_rates(snn, name, batches, T) - ann[name]
+            diff = _snn_rates(snn, ctx, name, batches, T) - ann[name]
             err = channels.mean(diff[None])
             where = _bias_correct(snn, name, err, T, notes)
             notes.append(f"{NAME}: BC at site {name} -> {where}, |mean error| {float(err.abs().mean()):.4g}")
         if do_pc:
-            delta = T * (ann[name] - _snn_rates(snn, name, batches, T))
+            delta = T * (ann[name] - _snn_rates(snn, ctx, name, batches, T))
             snn.set_spec(name, snn.sites[name].spec.offset_v0(delta))
 
 
@@ -275,7 +276,9 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
             drive = drive - (mean_b if mean_b.dim() == 0 else channels.broadcast(mean_b, drive, 1))
         ds.append(drive)
         As.append(ctx.site_activations(x)[name])
-    xbar, dbar, target = torch.cat(xs), torch.cat(ds), torch.cat(As)
+    # a distributed conversion: every rank fits on the union of the ranks' images (in rank order), so all
+    # ranks take the same Adam steps and end with the same weight
+    xbar, dbar, target = (ctx.all_gather(torch.cat(t)) for t in (xs, ds, As))
     layer = feed.layer
     w0 = layer.weight.detach().clone()
 

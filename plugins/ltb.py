@@ -72,12 +72,22 @@ def snnbridge_add_options():
     ]
 
 
-def balance_step(theta: torch.Tensor, a: torch.Tensor, eta: float, channelwise: bool) -> torch.Tensor:
-    """One balancing update: ``theta + eta * 2 * mean(relu(a - theta))`` (per channel: over all dims but 1)."""
+def balance_step(theta: torch.Tensor, a: torch.Tensor, eta: float, channelwise: bool,
+                 mean_over_ranks=None) -> torch.Tensor:
+    """One balancing update: ``theta + eta * 2 * mean(relu(a - theta))`` (per channel: over all dims but 1).
+
+    ``mean_over_ranks(mean, count)``: in a distributed conversion (``ctx.all_mean``), the mean
+    becomes that of the union of the ranks' batches, so every rank takes the same step (the
+    official code averages the update across its GPUs).
+    """
     a = a.detach().float()
     if channelwise:
-        return theta + eta * 2 * channels.mean(torch.relu(a - channels.broadcast(theta, a)))
-    return theta + eta * 2 * torch.relu(a - theta).mean()
+        g = channels.mean(torch.relu(a - channels.broadcast(theta, a)))
+    else:
+        g = torch.relu(a - theta).mean()
+    if mean_over_ranks is not None:
+        g = mean_over_ranks(g, a.numel() // max(1, g.numel()))
+    return theta + eta * 2 * g
 
 
 @hookimpl
@@ -88,7 +98,7 @@ def snnbridge_estimate_threshold(ctx, options):
     def balance(name, x_in, out):  # update this site's theta on the batch, then pass the clipped activation on
         if name not in theta:
             theta[name] = torch.zeros(out.shape[1] if cw else (), device=out.device)
-        theta[name] = balance_step(theta[name], out, eta, cw)
+        theta[name] = balance_step(theta[name], out, eta, cw, ctx.all_mean)
         th = theta[name]
         return torch.minimum(out, channels.broadcast(th, out) if cw else th.to(out.dtype))
 
@@ -143,7 +153,10 @@ def estimate_delay(ctx, specs, batches: int) -> tuple[float, dict[str, float]]:
         for x in ctx.batches(desc="ltb: delay estimate", limit=batches):
             ctx.ann(x)
             n += x.shape[0]
+    n = int(ctx.all_sum(torch.tensor(n)))  # a distributed conversion: the means over every rank's images
     per_site = {}
+    for name in sums:
+        sums[name] = ctx.all_sum(sums[name])
     for name, s in sums.items():
         m = (s / max(1, n)).flatten()
         i = int(torch.argmax(m))

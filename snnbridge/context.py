@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .corrections import calibrated_timesteps
 from .errors import CalibrationError
 from .graph import ConversionGraph, site_attr
@@ -155,6 +156,18 @@ class ConversionContext:
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.ann.to(self.device)
+        if distributed.active() and calibration is not None:  # before any collective could wait for a missing batch
+            distributed.check_same(self._batch_count(), "the number of calibration batches",
+                                   "give every rank the same number of batches: a DataLoader over a "
+                                   "DistributedSampler (drop_last=False) pads the shards to one size, or pass "
+                                   "calibration_batches=N.")
+
+    def _batch_count(self) -> int | None:
+        try:
+            n = len(self._calibration)  # type: ignore[arg-type]
+        except TypeError:
+            return self.max_batches
+        return n if self.max_batches is None else min(n, self.max_batches)
 
     # -- data ----------------------------------------------------------------------------------------
     def progress_bar(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None,
@@ -222,7 +235,14 @@ class ConversionContext:
 
     def take(self, samples: int | None = None, *, limit: int | None = None,
              desc: str = "calibration") -> list[torch.Tensor]:
-        """Calibration batches holding ``samples`` images in all (the last batch cut), or every batch when None."""
+        """Calibration batches holding ``samples`` images in all (the last batch cut), or every batch when None.
+
+        In a distributed conversion ``samples`` counts over all ranks: each rank takes its share
+        (``samples // world``, one more on the first ``samples % world`` ranks) of its own shard.
+        """
+        if samples is not None and distributed.active():
+            world, rank = distributed.world_size(), distributed.rank()
+            samples = samples // world + (1 if rank < samples % world else 0)
         out, have = [], 0
         for x in self.batches(desc=desc, limit=limit):
             if samples is not None and have + x.shape[0] > samples:
@@ -278,13 +298,18 @@ class ConversionContext:
         input). Results are cached by ``observer.key()``, ``where`` and ``limit``, so several
         plugins asking for the same statistic share one pass. ``batches`` observes these
         batches instead of the calibration data (not cached).
+
+        In a distributed conversion each rank observes its own batches and every observer is
+        reduced across the ranks (:meth:`~snnbridge.observers.Observer.reduce`) before it computes,
+        so every rank gets the statistic of the union.
         """
         if where not in ("output", "input"):
             raise ValueError(f"where must be 'output' or 'input', got {where!r}")
         key = (observer.key(), where, limit)
         if batches is None and key in self._cache:
             return self._cache[key]
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        # ranks draw independent random keys (reservoir samples); rank 0 and a single process draw the same
+        generator = torch.Generator(device="cpu").manual_seed(self.seed + 1_000_003 * distributed.rank())
         per_site: dict[str, Observer] = {}
         for name in self.sites:
             per_site[name] = observer.fresh()
@@ -309,10 +334,43 @@ class ConversionContext:
         if missing:
             raise CalibrationError(f"activation site {missing[0]!r} was never reached by the calibration data; check "
                                    "that the model's forward uses it.")
+        if distributed.active():
+            for obs in per_site.values():
+                try:
+                    obs.reduce()
+                except NotImplementedError as exc:
+                    raise CalibrationError(str(exc)) from None
         out = {name: obs.compute() for name, obs in per_site.items()}
         if batches is None:
             self._cache[key] = out
         return out
+
+    # -- across processes ------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Ranks taking part in this conversion (1 in one process; see :mod:`snnbridge.distributed`)."""
+        return distributed.world_size()
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 in one process)."""
+        return distributed.rank()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (``t`` itself in one process): for counts and sums of a plugin's own loop."""
+        return distributed.all_sum(t)
+
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of ``t`` over the ranks."""
+        return distributed.all_max(t)
+
+    def all_mean(self, mean: torch.Tensor, count: int | float) -> torch.Tensor:
+        """The mean over every rank's data from this rank's ``mean`` of ``count`` values (a batch's union mean)."""
+        return distributed.all_mean(mean, count)
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``[N_r, ...]`` tensor joined along dim 0 in rank order (sizes may differ)."""
+        return distributed.all_gather_cat(t)
 
     def usable_threshold(self, site: str, values: torch.Tensor | float, plugin: str) -> torch.Tensor | float:
         """Make an estimated threshold valid: replace channels that never activated (<= 0) and say so.

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .context import DEFAULT_BATCH_SIZE, ConversionContext, given_as_samples
 from .corrections import TimestepCheck
 from .errors import CalibrationError, InputError, MissingRequirementError, PluginError
@@ -93,6 +94,13 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
     Returns:
         a :class:`~snnbridge.runtime.SpikingModel`; ``snn(x)`` returns the decoded output and
         ``snn.sweep(x)`` the output after each of 1..T steps.
+
+    Distributed (a ``torch.distributed`` process group of several ranks is initialised): every
+    rank calls ``convert`` with its own shard of the calibration data (a DataLoader over a
+    ``DistributedSampler``) and the same other arguments. Statistics are reduced across the
+    ranks (batch i is the union of the ranks' batches i; see :mod:`snnbridge.distributed`), every
+    rank returns the same SNN, checked at the end by comparing a checksum of its weights, specs
+    and corrections (``snn.report["distributed"]``), and only rank 0 draws progress bars.
     """
     started = time.perf_counter()
     timesteps = check_timesteps(timesteps)
@@ -173,6 +181,8 @@ def convert(model: nn.Module, recipe: Any, *, calibration: Iterable | None = Non
                                                      entry.options["on_mismatch"]))
     if fold_scales:
         fold_in_place(snn)
+    if distributed.active():
+        report["distributed"] = {"ranks": distributed.world_size(), "checksum": distributed.check_identical(snn)}
     report["specs"] = {n: s.describe() for n, s in snn.specs.items()}
     report["notes"] = ctx.report["notes"]
     report["steps_run"] = snn.steps_run

@@ -14,6 +14,13 @@ dimension of the activation (``1`` for ``[B, C, ...]``; the features of a ``Line
 one per channel (``[C]``). Subclass :class:`Observer` (or :class:`EMAObserver` for an
 exponential moving average of a per-batch statistic) for new statistics; ``key`` must name
 everything that changes the result.
+
+Across processes (``torch.distributed``, see :mod:`snnbridge.distributed`): each rank observes
+its own shard and ``ctx.collect`` calls :meth:`Observer.reduce` on every rank before
+``compute``, so every rank computes the statistic of the union of the shards (maxima by
+all-reduce MAX, means by SUM of sums and counts, reservoir samples merged). An EMA of
+per-batch statistics is order-dependent: there, batch i is the union of every rank's batch i
+(:meth:`EMAObserver.union_statistic`). A new observer defines ``reduce`` to run distributed.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import math
 
 import torch
 
-from . import channels
+from . import channels, distributed
 
 
 class Observer:
@@ -62,6 +69,16 @@ class Observer:
         """The statistic: ``[C]`` per channel, a 0-d tensor layer-wise (see subclasses)."""
         raise NotImplementedError
 
+    def reduce(self) -> None:
+        """Merge this observer's state across the ranks of a process group, in place (every rank calls it).
+
+        Afterwards every rank holds the state of one observer that saw every rank's batches.
+        ``ctx.collect`` calls it only when a process group of more than one rank is active.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no reduce(), so it cannot merge its statistic across "
+                                  "the ranks of a distributed conversion; define reduce() (see "
+                                  "snnbridge.observers), or convert in one process.")
+
     def key(self) -> tuple:
         """Everything that determines the result (for caching across plugins)."""
         return (type(self).__module__, type(self).__qualname__, self.channel_axis)
@@ -93,6 +110,10 @@ class MaxObserver(Observer):
     def compute(self):
         return self._per_site(self.value)
 
+    def reduce(self):
+        value = self._per_site(self.value) if self.value is None else self.value  # None: the "seen no batch" error
+        self.value = distributed.all_max(value)
+
 
 class MeanObserver(Observer):
     """The mean activation (accumulated in float64).
@@ -123,6 +144,12 @@ class MeanObserver(Observer):
         m = (self.total / self.count).float()
         return m if self.per_position else self._per_site(m)
 
+    def reduce(self):
+        total = self._per_site(None) if self.total is None else self.total  # None: the "seen no batch" error
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=total.device)
+        packed = distributed.all_sum(torch.cat([total.flatten(), count]))
+        self.total, self.count = packed[:-1].view(total.shape), int(packed[-1])
+
     def key(self):
         return super().key() + (self.per_position,)
 
@@ -148,9 +175,21 @@ class EMAObserver(Observer):
         """The statistic of one batch, ``[C, N] -> [C]``."""
         raise NotImplementedError
 
+    def union_statistic(self, rows: torch.Tensor) -> torch.Tensor:
+        """The statistic of the union of every rank's current batch (this rank's rows given; one process: its own).
+
+        The default gathers every rank's rows (exact for any statistic; it moves the
+        activations); override it with a cheaper reduction where one exists (the maximum:
+        all-reduce MAX of the per-rank maxima).
+        """
+        return self.batch_statistic(distributed.all_gather_rows(rows) if distributed.active() else rows)
+
     def observe(self, x):
-        s = self.batch_statistic(self.rows(x))
+        s = self.union_statistic(self.rows(x))
         self.value = s if self.value is None else (1 - self.momentum) * self.value + self.momentum * s
+
+    def reduce(self):
+        """Nothing to merge: every batch statistic was already the union's (see :meth:`union_statistic`)."""
 
     def compute(self):
         return self._per_site(self.value)
@@ -164,6 +203,9 @@ class EMAMaxObserver(EMAObserver):
 
     def batch_statistic(self, rows):
         return rows.amax(dim=1)
+
+    def union_statistic(self, rows):
+        return distributed.all_max(self.batch_statistic(rows))
 
 
 class ReservoirObserver(Observer):
@@ -225,6 +267,23 @@ class ReservoirObserver(Observer):
 
     def compute(self):
         return self._per_site(self.values)
+
+    def reduce(self):
+        """Merge the ranks' samples: the values with the ``max_samples`` smallest keys of the union.
+
+        Every value of every rank carries an independent uniform key (``ctx.collect`` seeds each
+        rank's generator differently), so the merged sample is a uniform sample of the union,
+        exactly as one process would draw: all values when the union holds at most
+        ``max_samples`` (then percentiles are exact), else a uniform sample of ``max_samples``,
+        whose p-th percentile lies within about ``2 sqrt(p (1 - p) / max_samples)`` (fraction
+        of the population, 95 %) of the true one: +-0.0063 percentile points at p = 99.9 and
+        the default 2^20 samples.
+        """
+        values, keys = self.values, self._keys[0]
+        values, keys = distributed.all_gather_rows(values), distributed.all_gather_rows(keys)
+        self._values, self._keys, self._count = [values], [keys], values.shape[1]
+        if self._count > self.max_samples:
+            self._prune()
 
     def key(self):
         return super().key() + (self.max_samples,)

@@ -7,7 +7,8 @@ through :meth:`snnbridge.ConversionContext.progress_bar`), so the rules hold eve
   conversions leave no "shapes: 0%" lines in logs;
 * ``enabled=False`` (``progress=False`` of the API, ``--no-progress`` of the command line)
   draws nothing;
-* the ``TQDM_DISABLE`` environment variable (``1``, ``true``, ``yes``, ``on``) draws nothing.
+* the ``TQDM_DISABLE`` environment variable (``1``, ``true``, ``yes``, ``on``) draws nothing;
+* in a ``torch.distributed`` job only rank 0 draws (one bar per job, not one per process).
   tqdm reads ``TQDM_*`` variables only once, when it is imported, and an explicit
   ``disable=`` argument overrides them, so snnbridge reads the variable itself, on every call.
 """
@@ -18,6 +19,8 @@ import os
 from collections.abc import Iterable
 
 from tqdm.auto import tqdm
+
+from .distributed import is_main
 
 #: seconds a loop runs before its bar appears
 DELAY_S = 0.75
@@ -39,4 +42,4 @@ def bar(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, 
     Use it like tqdm: iterate over it, or call ``update(n)`` and ``close()`` (or ``with bar(...) as b:``).
     """
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, delay=DELAY_S,
-                mininterval=MININTERVAL_S, disable=not enabled or disabled_by_environment())
+                mininterval=MININTERVAL_S, disable=not enabled or disabled_by_environment() or not is_main())
