@@ -147,6 +147,8 @@ class ConversionContext:
         self.max_batches = max_batches
         self.seed = seed
         self.report: dict[str, Any] = {"notes": []}
+        #: what a plugin hands from one of its hooks to a later one in this conversion (key: the plugin's name)
+        self.plugin_data: dict[str, Any] = {}
         if calibration is not None:
             calibration = calibration_batches(calibration, batch_size)
         if calibration is not None and iter(calibration) is calibration:

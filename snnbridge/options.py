@@ -26,7 +26,8 @@ class Option:
     ``choices`` restricts the value to a fixed set; ``check`` is an optional predicate with
     ``check_help`` describing the allowed range (e.g. ``"0 < percentile <= 100"``).
     ``default=None`` with ``nullable=True`` means "unset"; a required option has
-    ``required=True`` and no default.
+    ``required=True`` and no default. ``keywords`` are strings accepted besides values of the
+    type (e.g. ``("auto",)`` for an ``int`` the plugin can choose itself).
     """
 
     name: str
@@ -38,15 +39,21 @@ class Option:
     check_help: str = ""
     nullable: bool = False
     required: bool = False
+    keywords: Sequence[str] = ()
 
     def type_name(self) -> str:
         """The declared type as shown in messages and listings (``"float or null"``)."""
         name = _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
-        return name + (" or null" if self.nullable else "")
+        return name + "".join(f" or {k!r}" for k in self.keywords) + (" or null" if self.nullable else "")
 
     def coerce(self, plugin: str, value: Any) -> Any:
         """Return ``value`` converted to the declared type, or raise :class:`OptionError`."""
         where = f"option {self.name!r} of plugin {plugin!r}"
+        if isinstance(value, str) and value in self.keywords:
+            return value
+        if isinstance(value, str) and self.keywords and self.type is not str:
+            raise OptionError(f"{where} must be a {self.type_name()}, got {value!r}."
+                              + did_you_mean(value, list(self.keywords)))
         if value is None:
             if self.nullable:
                 return None

@@ -160,3 +160,64 @@ def test_delayed_evaluation_lowers_the_output_error(trained):
     for T in (16, 32):
         err = {d: float(((s[T - 1] - ann) ** 2).mean()) for d, s in runs.items()}
         assert err[True] < err[False], (T, err)
+
+
+# -- iterations: auto ---------------------------------------------------------------------------------------------
+
+
+def test_auto_balances_without_the_held_out_batch_and_keeps_the_best_agreeing_candidate():
+    net, calib = dd.trained_net(), dd.calibration_batches(4, 64)
+    T, candidates = 8, [2, 8, 32]
+    snn = snnbridge.convert(net, [{"ltb": {"candidates": candidates}}], calibration=calib, timesteps=T,
+                            progress=False)
+    chosen, scores = snn.report["ltb_iterations"], snn.report["ltb_candidates"]
+    assert chosen in candidates and sorted(int(k) for k in scores) == candidates
+    best = max(candidates, key=lambda k: (scores[str(k)]["agreement"], -scores[str(k)]["mse"], -k))
+    assert chosen == best
+    # the chosen thresholds are exactly those of `iterations: chosen` on the batches after the held-out first one
+    fixed = snnbridge.convert(net, [{"ltb": {"iterations": chosen}}], calibration=calib[1:], timesteps=T,
+                              progress=False)
+    for name in snn.sites:
+        torch.testing.assert_close(snn.specs[name].threshold, fixed.specs[name].threshold)
+        torch.testing.assert_close(snn.specs[name].v0, fixed.specs[name].v0)
+    assert snn.decode_window == fixed.decode_window
+    # its agreement on the held-out batch is the one reported
+    with torch.no_grad():
+        agree = float((snn(calib[0], timesteps=T).argmax(-1) == net(calib[0]).argmax(-1)).float().mean())
+    assert agree == pytest.approx(scores[str(chosen)]["agreement"], abs=1e-4)
+    assert any("iterations auto chose" in n for n in snn.report["notes"])
+
+
+def test_auto_scores_differ_between_candidates_and_fewer_iterations_mean_lower_thresholds():
+    net, calib = dd.trained_net(), dd.calibration_batches(3, 64)
+    snn = snnbridge.convert(net, [{"ltb": {"candidates": [1, 64]}}], calibration=calib, timesteps=4, progress=False)
+    low = snnbridge.convert(net, [{"ltb": {"iterations": 1}}], calibration=calib[1:], timesteps=4, progress=False)
+    high = snnbridge.convert(net, [{"ltb": {"iterations": 64}}], calibration=calib[1:], timesteps=4, progress=False)
+    for name in low.sites:
+        assert bool((low.specs[name].threshold <= high.specs[name].threshold + 1e-6).all())
+    assert snn.report["ltb_candidates"]["1"] != snn.report["ltb_candidates"]["64"]
+
+
+def test_auto_with_one_batch_holds_out_its_last_quarter():
+    net = dd.trained_net()
+    x = dd.calibration_batches(1, 64)[0]
+    snn = snnbridge.convert(net, [{"ltb": {"candidates": [4]}}], calibration=[x], timesteps=4, progress=False)
+    fixed = snnbridge.convert(net, [{"ltb": {"iterations": 4}}], calibration=[x[:48]], timesteps=4, progress=False)
+    for name in snn.sites:
+        torch.testing.assert_close(snn.specs[name].threshold, fixed.specs[name].threshold)
+    assert any("last 16 image(s) are held out" in n for n in snn.report["notes"])
+    with pytest.raises(snnbridge.InputError, match="single image"):
+        snnbridge.convert(net, ["ltb"], calibration=[x[:1]], timesteps=4, progress=False)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"iterations": "best"}, "must be a int or 'auto' or null"),
+    ({"iterations": "Auto"}, "Did you mean 'auto'"),
+    ({"iterations": 0}, "iterations >= 1"),
+    ({"candidates": []}, "non-empty list"),
+    ({"candidates": [4, 0]}, "non-empty list"),
+    ({"holdout_batches": 0}, "holdout_batches >= 1"),
+])
+def test_auto_options_are_checked(options, match):
+    with pytest.raises(snnbridge.OptionError, match=match):
+        snnbridge.build_recipe([{"ltb": options}])
