@@ -24,6 +24,7 @@ RECIPES = {
     "robustnorm": ["robustnorm"],  # the union's values fit the reservoir: the percentile is exact
     "robustnorm channel-wise": [{"robustnorm": {"channelwise": True, "percentile": 99.0}}],
     "ltb": [{"ltb": {"iterations": 3}}],  # cycles over the batches; the delay estimate reduces its means too
+    "ltb auto": [{"ltb": {"candidates": [1, 4]}}],  # holds out batch 1 on every rank, scores on the union
     "calibration light": [{"snn_calibration": {"samples": WORLD * PER_RANK, "threshold_batches": BATCHES}}],
     "robustnorm + ftbc": ["robustnorm", {"ftbc": {"batches": BATCHES, "iterations": 2}}],
     "ftbc select": ["maxnorm", {"ftbc": {"batches": 1, "iterations": 2, "select": True}}],
