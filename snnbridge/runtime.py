@@ -39,6 +39,7 @@ import contextlib
 import copy
 import math
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
@@ -345,6 +346,36 @@ class SpikingModel(nn.Module):
         site.neuron = self._factory(spec).to(device)
         if self._surrogate_object is not None:
             site.neuron.set_surrogate(self._surrogate_object)
+
+    def to_backend(self, backend: str, backend_options: dict | None = None) -> SpikingModel:
+        """A copy of this SNN on another neuron backend: same weights, specs, corrections and decoding.
+
+        Convert once on the fastest backend (``"torch"``), then run the result on SpikingJelly's
+        or snnTorch's genuine neurons without converting again: every backend fires the same
+        spikes for the same specs. This SNN is not changed. A surrogate set with
+        :meth:`set_surrogate` moves along when it is a :class:`~snnbridge.surrogates.Surrogate` or a
+        recipe; another framework's own object cannot, and the copy gets the new backend's default
+        (with a warning).
+        """
+        from .factory import make_neuron_factory
+
+        factory = make_neuron_factory(backend, backend_options)
+        device = next((p.device for p in self.parameters()), None) or torch.device("cpu")
+        surrogate = self._surrogate
+        new = copy.deepcopy(self)
+        new.__dict__.update(_factory=factory, backend_name=factory.backend, _plan=None, _surrogate=None,
+                            _surrogate_object=None)
+        for site in new.sites.values():
+            site.neuron = factory(site.spec).to(device)
+        if surrogate is not None:
+            try:
+                new.set_surrogate(surrogate)
+            except BackendError:
+                warnings.warn(f"the surrogate gradient set on this SNN ({type(surrogate).__name__}) belongs to the "
+                              f"{self.backend_name!r} backend; the {factory.backend!r} copy has that backend's "
+                              "default. Use snnbridge.surrogate(recipe) for one every backend takes.", stacklevel=2)
+        new.train(self.training)
+        return new
 
     # -- surrogate gradients ------------------------------------------------------------------------------
     #: what set_surrogate was given (None: each backend's default), and the backend's object for it

@@ -248,3 +248,35 @@ def test_missing_framework_is_a_backend_error(monkeypatch, backend, module, inst
     with pytest.raises(BackendError) as err:
         simulate(NeuronSpec(threshold=1.0), torch.rand(2, 1, 3), backend=backend)
     assert install in str(err.value) and "backend='torch'" in str(err.value)
+
+
+@pytest.mark.parametrize("target", [b for b in snnbridge.get_registry().names("backend") if b != "torch"])
+def test_to_backend_equals_converting_on_that_backend(small_resnet, calib_batches, test_input, target):
+    recipe = ["robustnorm", "opi", {"ftbc": {"batches": 2, "iterations": 1}}]
+    here = snnbridge.convert(small_resnet, recipe, calibration=calib_batches, timesteps=6, progress=False)
+    there = snnbridge.convert(small_resnet, recipe, calibration=calib_batches, timesteps=6, progress=False,
+                              backend=target)
+    before = {k: v.clone() for k, v in here.state_dict().items()}
+    moved = here.to_backend(target)
+    assert moved.backend_name == target and here.backend_name == "torch"
+    assert all(torch.equal(v, here.state_dict()[k]) for k, v in before.items())  # the original is unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(moved.sweep(test_input), there.sweep(test_input), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(moved.sweep(test_input), here.sweep(test_input), atol=1e-5, rtol=1e-5)
+    assert moved.decode_window == here.decode_window and moved.steps_run == here.steps_run
+    with pytest.raises(snnbridge.UnknownPluginError, match="spikingjely"):
+        here.to_backend("spikingjely")
+
+
+def test_to_backend_moves_a_generic_surrogate_and_warns_for_a_native_one(small_resnet, calib_batches):
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    snn = snnbridge.convert(small_resnet, ["maxnorm"], calibration=calib_batches, timesteps=4, progress=False,
+                            backend="spikingjelly")
+    generic = snnbridge.surrogate({"sg": {"shape": "atan"}})
+    snn.set_surrogate(generic)
+    assert snn.to_backend("snntorch").surrogate is generic
+    snn.set_surrogate(sj_surrogate.ATan())
+    with pytest.warns(UserWarning, match="belongs to the 'spikingjelly' backend"):
+        moved = snn.to_backend("snntorch")
+    assert moved.surrogate is None and snn.surrogate is not None
