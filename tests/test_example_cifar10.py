@@ -174,20 +174,28 @@ def test_main_script_end_to_end(archive, tmp_path):
     argv = ["--data", str(archive), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--train-samples", "30",
             "--test-samples", "12", "--calib-samples", "16", "--timesteps", "2,4", "--backends", "torch",
             "--batch-size", "10", "--eval-batch-size", "5", "--out", str(out), "--no-progress", "--seed", "1"]
-    results = crun.main(argv)
+    results = crun.main(argv + ["--best-timesteps", "2,4", "--backends", "torch,snntorch"])
     saved = json.loads((out / "results.json").read_text())
-    assert saved["config"]["timesteps"] == [2, 4] and saved["config"]["backends"] == ["torch"]
+    assert saved["config"]["timesteps"] == [2, 4] and saved["config"]["backends"] == ["torch", "snntorch"]
     assert saved["data"]["train_samples"] == 30 and saved["data"]["test_samples"] == 12
     assert saved["data"]["calib_samples"] == 16 and saved["data"]["seeds"]["seed"] == 1
     assert 0.0 <= saved["ann"]["test_accuracy"] <= 1.0 and not saved["ann"]["loaded_from_checkpoint"]
-    assert [(r["recipe"], r["backend"]) for r in saved["runs"]] == [("maxnorm", "torch"), ("robustnorm", "torch")]
+    assert [(r["recipe"], r["backend"]) for r in saved["runs"]] == [
+        ("maxnorm", "torch"), ("maxnorm", "snntorch"), ("robustnorm", "torch"), ("robustnorm", "snntorch")]
+    # the low-T stack: one conversion per T on the first backend, moved to the other, identical accuracy there
+    assert [(b["T"], b["backend"]) for b in saved["best"]] == [(2, "torch"), (2, "snntorch"), (4, "torch"),
+                                                               (4, "snntorch")]
+    for T in (2, 4):
+        pair = [b for b in saved["best"] if b["T"] == T]
+        assert pair[0]["accuracy"] == pair[1]["accuracy"] and pair[1]["converted_on"] == "torch"
+        assert pair[0]["recipe_spec"] == crun.BEST and pair[0]["chosen"]["ltb_iterations"] in (8, 16, 32, 64, 128, 256)
     for run in saved["runs"]:
         assert set(run["accuracy"]) == {"2", "4"} and len(run["curve"]) == 4
         assert all(0.0 <= a <= 1.0 for a in run["curve"])
         assert run["accuracy"]["4"] == run["curve"][3]
         assert run["conversion_seconds"] > 0 and run["eval_seconds"] >= 0
     assert saved["versions"]["torch"] == torch.__version__ and "snnbridge" in saved["versions"]
-    assert saved["backend_max_gap"] == {}  # one backend: nothing to compare
+    assert set(saved["backend_max_gap"]) == {"maxnorm", "robustnorm"}
     for key in ("data_seconds", "train_seconds", "ann_eval_seconds", "total_seconds"):
         assert saved["timings"][key] >= 0
     assert results["ann"]["test_accuracy"] == saved["ann"]["test_accuracy"]
@@ -196,10 +204,10 @@ def test_main_script_end_to_end(archive, tmp_path):
     assert (out / "ann.pt").is_file()
 
     # a rerun with the same options reuses the checkpoint (no training) and gets the same numbers
-    again = crun.main(argv + ["--recipes", "maxnorm"])
+    again = crun.main(argv + ["--recipes", "maxnorm", "--backends", "torch", "--best", "[]"])
     assert again["ann"]["loaded_from_checkpoint"]
     assert again["ann"]["test_accuracy"] == saved["ann"]["test_accuracy"]
-    assert again["runs"][0]["curve"] == saved["runs"][0]["curve"]
+    assert again["runs"][0]["curve"] == saved["runs"][0]["curve"] and again["best"] == []
 
 
 def test_main_script_rejects_missing_backend_and_bad_options(tmp_path):
@@ -209,6 +217,10 @@ def test_main_script_rejects_missing_backend_and_bad_options(tmp_path):
         crun.main(["--recipes", "maxnrm", "--backends", "torch", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="timesteps"):
         crun.main(["--timesteps", "4,x", "--backends", "torch", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--best: the recipe is not valid JSON"):
+        crun.main(["--best", "[ltb", "--backends", "torch", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--best: .*ltbb"):
+        crun.main(["--best", '["ltbb"]', "--backends", "torch", "--out", str(tmp_path)])
 
 
 def test_script_runs_as_a_file():
@@ -254,3 +266,21 @@ def test_extract_never_overwrites_folders_it_did_not_create(archive, tmp_path):
     with pytest.raises(cdata.DataLayoutError, match="will not overwrite"):
         cdata.extract(archive, cache, quiet=True)
     assert keep.read_bytes() == b"x"
+
+
+def test_main_script_qcfs_path(archive, tmp_path):
+    out = tmp_path / "qcfs"
+    argv = ["--data", str(archive), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--train-samples", "30",
+            "--test-samples", "12", "--calib-samples", "16", "--backends", "torch", "--batch-size", "10",
+            "--eval-batch-size", "6", "--out", str(out), "--no-progress", "--qcfs", "4"]
+    saved = crun.main(argv)
+    assert saved["config"]["timesteps"] == [1, 2, 4, 8] and saved["best"] == []  # no training-free stack here
+    assert [r["recipe"] for r in saved["runs"]] == ["qcfs", "qcfs+cos", "qcfs+srp"]
+    cos, srp = saved["runs"][1], saved["runs"][2]
+    assert cos["steps_run"] == 4 + 8 and srp["steps_run"] == 4 + 8  # the look-ahead / warm-up steps are counted
+    ckpt = torch.load(out / "ann.pt", weights_only=True)
+    assert ckpt["meta"]["prepare"] == [{"qcfs": {"levels": 4, "lambda_init": 2.0}}]
+    lams = [k for k in ckpt["state_dict"] if k.endswith(".lam")]  # the QCFS clip lambdas, trained from 2.0
+    assert len(lams) == 3 and any(float(ckpt["state_dict"][k]) != 2.0 for k in lams)
+    with pytest.raises(SystemExit, match="--qcfs takes the number of quantization levels"):
+        crun.main(argv + ["--qcfs", "0"])

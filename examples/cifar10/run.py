@@ -38,7 +38,17 @@ RECIPES: dict[str, list] = {
     "robustnorm": [{"robustnorm": {"percentile": 99.9}}],
     "maxnorm-cw": [{"maxnorm": {"channelwise": True}}],
     "robustnorm-cw": [{"robustnorm": {"percentile": 99.9, "channelwise": True}}],
+    # for a network trained with QCFS activations (--qcfs L)
+    "qcfs": ["qcfs"],
+    "qcfs+cos": ["qcfs", {"cos": {"rho": 4}}],
+    "qcfs+srp": ["qcfs", {"srp": {"tau": 4}}],
+    "qcfs+cos+srp": ["qcfs", {"cos": {"rho": 4}}, {"srp": {"tau": 4}}],
 }
+DEFAULT_RECIPES = {"relu": "maxnorm,robustnorm", "qcfs": "qcfs,qcfs+cos,qcfs+srp"}
+DEFAULT_TIMESTEPS = {"relu": "4,8,16,32,64", "qcfs": "1,2,4,8"}
+#: the best training-free stack at low T on this network (one conversion per T: its corrections are T-specific);
+#: chosen on the measurements in examples/cifar10/README.md
+BEST: list = ["ltb", "ftbc"]
 DEFAULT_BACKENDS = ("torch", "spikingjelly", "snntorch")
 DEFAULT_MODEL = "examples.cifar10.model:make_model"
 CHECKPOINT_FORMAT = 1
@@ -88,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--model", default=DEFAULT_MODEL, help="module:factory building the (untrained) ANN")
     t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--qcfs", type=int, default=None, metavar="L",
+                   help="the QCFS path: train with QCFS activations of L levels (snnbridge.prepare(model, "
+                        "[{'qcfs': {'levels': L}}])) and convert with the QCFS family at T = 1-8; QCFS needs more "
+                        "epochs than a ReLU net to approach it (e.g. --epochs 10)")
+    t.add_argument("--qcfs-lambda", type=float, default=2.0,
+                   help="initial QCFS clip lambda (the paper's 8.0 is meant for 300-epoch training)")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, one-cycle schedule)")
     t.add_argument("--weight-decay", type=float, default=5e-4)
@@ -96,17 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: OUT/ann.pt (reused only when the training options match)")
     t.add_argument("--retrain", action="store_true", help="train even if the checkpoint exists (and overwrite it)")
     c = p.add_argument_group("conversion")
-    c.add_argument("--recipes", default="maxnorm,robustnorm",
-                   help=f"comma-separated recipe labels: {', '.join(RECIPES)} (add your own with --recipe)")
+    c.add_argument("--recipes", default=None,
+                   help=f"comma-separated recipe labels: {', '.join(RECIPES)} (add your own with --recipe); default: "
+                        f"{DEFAULT_RECIPES['relu']} ({DEFAULT_RECIPES['qcfs']} with --qcfs)")
     c.add_argument("--recipe", action="append", default=[], metavar="LABEL=JSON",
                    help='an extra recipe, e.g. \'robust9999=[{"robustnorm": {"percentile": 99.99}}]\' (repeatable)')
     c.add_argument("--backends", default=None,
                    help=f"comma-separated neuron backends; default: {','.join(DEFAULT_BACKENDS)} (those installed, "
                         "with a warning for any missing)")
-    c.add_argument("--timesteps", default="4,8,16,32,64", help="T values to report; one sweep at the largest")
+    c.add_argument("--timesteps", default=None, help="T values to report; one sweep at the largest; default "
+                   f"{DEFAULT_TIMESTEPS['relu']} ({DEFAULT_TIMESTEPS['qcfs']} with --qcfs)")
+    c.add_argument("--best", default=json.dumps(BEST), metavar="JSON",
+                   help="the low-T stack converted once per --best-timesteps value (on the first backend, then "
+                        "moved to the others with snn.to_backend); '[]' to skip; not used with --qcfs")
+    c.add_argument("--best-timesteps", default="4,8,16", help="T values the --best stack is converted for")
     c.add_argument("--eval-batch-size", type=int, default=500, help="test images per SNN sweep")
     r = p.add_argument_group("run")
-    r.add_argument("--out", default="runs/cifar10", help="folder for results.json, accuracy_vs_T.png and ann.pt")
+    r.add_argument("--out", default=None, help="folder for results.json, accuracy_vs_T.png and ann.pt; default "
+                   "runs/cifar10 (runs/cifar10-qcfs-L<L> with --qcfs)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads (torch.set_num_threads)")
@@ -116,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_recipes(args) -> dict[str, list]:
     chosen: dict[str, list] = {}
-    for label in _name_list(args.recipes):
+    mode = "qcfs" if args.qcfs is not None else "relu"
+    for label in _name_list(args.recipes if args.recipes is not None else DEFAULT_RECIPES[mode]):
         if label not in RECIPES:
             raise RunError(f"unknown recipe label {label!r} in --recipes; choose from {', '.join(RECIPES)} or define "
                            "one with --recipe LABEL=JSON")
@@ -139,6 +163,22 @@ def resolve_recipes(args) -> dict[str, list]:
         except snnbridge.SnnbridgeError as exc:
             raise RunError(f"recipe {label!r}: {exc}") from None
     return chosen
+
+
+def resolve_best(args) -> tuple[list, list[int]]:
+    try:
+        spec = json.loads(args.best)
+    except ValueError as exc:
+        raise RunError(f"--best: the recipe is not valid JSON ({exc}); e.g. '[\"ltb\", \"ftbc\"]'") from None
+    spec = spec if isinstance(spec, list) else [spec]
+    if spec:
+        try:
+            snnbridge.build_recipe(spec)
+        except snnbridge.SnnbridgeError as exc:
+            raise RunError(f"--best: {exc}") from None
+    if args.qcfs is not None:  # the training-free stack does not apply to a QCFS network
+        return [], []
+    return spec, (_int_list(args.best_timesteps, "best-timesteps") if spec else [])
 
 
 def resolve_backends(args) -> list[str]:
@@ -177,8 +217,16 @@ def load_factory(spec: str):
 
 
 # -- training and evaluation -----------------------------------------------------------------------------
-def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
-    """SGD (Nesterov, one-cycle LR) on uint8 images with batch augmentation; returns per-epoch stats."""
+def train(model, x_u8, y, args, device, progress: bool, *, resume: dict | None = None,
+          on_epoch=None) -> list[dict]:
+    """SGD (Nesterov, one-cycle LR) on uint8 images with batch augmentation; returns per-epoch stats.
+
+    ``on_epoch(state)``, when given, is called after every epoch with the training state
+    (``epoch``, ``history``, ``optimizer``, ``scheduler``, ``generator``: plain tensors and
+    numbers, loadable with ``torch.load(weights_only=True)``), so a caller can save it; passing
+    that state back as ``resume`` (with the model's weights of that epoch already loaded)
+    continues the run exactly where it stopped, same batches and learning rates.
+    """
     if args.epochs == 0:  # an untrained network (e.g. to time the conversion alone)
         model.eval()
         return []
@@ -188,9 +236,15 @@ def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
                           weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
                                                 pct_start=0.25)
-    history = []
+    history: list[dict] = []
+    first = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        g.set_state(resume["generator"])
+        history, first = list(resume["history"]), int(resume["epoch"])
     model.train()
-    for epoch in range(args.epochs):
+    for epoch in range(first, args.epochs):
         started = time.perf_counter()
         perm = torch.randperm(len(x_u8), generator=g)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -217,6 +271,9 @@ def train(model, x_u8, y, args, device, progress: bool) -> list[dict]:
         print(f"  epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.3f}, train acc {stats['train_acc']:.3f} "
               f"(augmented), {stats['seconds']:.1f} s", flush=True)
         history.append(stats)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "history": list(history), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "generator": g.get_state()})
     model.eval()
     return history
 
@@ -240,10 +297,35 @@ def format_table(results: dict) -> str:
     for run in results["runs"]:
         rows.append([run["recipe"], run["backend"]] + [f"{100 * run['accuracy'][str(t)]:.2f}" for t in ts])
     rows.append(["ANN", "-"] + [f"{100 * results['ann']['test_accuracy']:.2f}"] * len(ts))
+    return _render(rows, rules_after=(0, len(rows) - 2))
+
+
+def _render(rows: list[list[str]], rules_after=(0,)) -> str:
+    """Rows as aligned text columns (two label columns left-aligned), a rule after the given row indices."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    line = lambda r: "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:-1]] + [sep, line(rows[-1])])
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if k in rules_after:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_headline(results: dict) -> str:
+    """ANN next to the best SNN at each T of the low-T stack (and the first baseline), per backend."""
+    ts = sorted({b["T"] for b in results["best"]})
+    backends = list(dict.fromkeys(b["backend"] for b in results["best"]))
+    base = results["runs"][0]["recipe"] if results["runs"] else None
+    rows = [["", "backend"] + [f"T={t}" for t in ts]]
+    rows.append(["ANN", "-"] + [f"{100 * results['ann']['test_accuracy']:.2f}"] * len(ts))
+    for b in backends:
+        acc = {x["T"]: x["accuracy"] for x in results["best"] if x["backend"] == b}
+        rows.append([f"best: {results['best'][0]['recipe']}", b] + [f"{100 * acc[t]:.2f}" for t in ts])
+    for b in backends:
+        run = next((r for r in results["runs"] if r["recipe"] == base and r["backend"] == b), None)
+        if run is not None and all(t <= len(run["curve"]) for t in ts):
+            rows.append([f"baseline: {base}", b] + [f"{100 * run['curve'][t - 1]:.2f}" for t in ts])
+    return _render(rows)
 
 
 def backend_gaps(results: dict) -> dict[str, float]:
@@ -311,8 +393,15 @@ class Clock:
 
 
 def _training_meta(args, n_train: int) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "model": args.model, "epochs": args.epochs, "train_samples": n_train,
+    meta = {"format": CHECKPOINT_FORMAT, "model": args.model, "epochs": args.epochs, "train_samples": n_train,
             "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
+    if args.qcfs is not None:
+        meta["prepare"] = _qcfs_recipe(args)
+    return meta
+
+
+def _qcfs_recipe(args) -> list:
+    return [{"qcfs": {"levels": args.qcfs, "lambda_init": args.qcfs_lambda}}]
 
 
 def _loadavg() -> list[float] | None:
@@ -328,13 +417,17 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = _loadavg()
     progress = not args.no_progress
     torch.set_num_threads(max(1, args.threads))
-    timesteps = _int_list(args.timesteps, "timesteps")
+    if args.qcfs is not None and args.qcfs < 1:
+        raise RunError(f"--qcfs takes the number of quantization levels L >= 1 (e.g. 4 or 8), got {args.qcfs}")
+    timesteps = _int_list(args.timesteps if args.timesteps is not None
+                          else DEFAULT_TIMESTEPS["qcfs" if args.qcfs is not None else "relu"], "timesteps")
     t_max = timesteps[-1]
     for name in ("epochs", "train_samples", "test_samples", "calib_samples", "batch_size", "eval_batch_size"):
         if getattr(args, name) < (0 if name == "epochs" else 1):
             raise RunError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epochs' else 'positive'}")
     recipes = resolve_recipes(args)
     backends = resolve_backends(args)
+    best_recipe, best_ts = resolve_best(args)
     factory = load_factory(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
@@ -343,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"note: this machine is busy (load average {load_start[0]:.1f} on {os.cpu_count()} cores); timings will "
               f"be longer than on idle cores, and --threads 1 may run faster than {torch.get_num_threads()} threads "
               "here.", flush=True)
-    out = Path(args.out)
+    out = Path(args.out if args.out is not None
+               else "runs/cifar10" if args.qcfs is None else f"runs/cifar10-qcfs-L{args.qcfs}")
     out.mkdir(parents=True, exist_ok=True)
 
     # data: find / extract (once) / index, decode the test and calibration subsets ---------------------
@@ -371,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = out / "ann.pt" if default_ckpt else Path(args.checkpoint)
     torch.manual_seed(args.seed)
     model = factory(num_classes=len(classes)) if _accepts_num_classes(factory) else factory()
+    if args.qcfs is not None:  # QCFS activations in place of the ReLUs, trained as such
+        model = snnbridge.prepare(model, _qcfs_recipe(args))
     loaded, history = False, []
     if ckpt.is_file() and not args.retrain:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -428,6 +524,31 @@ def main(argv: list[str] | None = None) -> dict:
                   + f"   (convert {conv_s:.1f} s, sweep {eval_s:.1f} s)", flush=True)
             del snn
 
+    # the best low-T stack: one conversion per T (on the first backend), moved to every other backend -----
+    best = []
+    if best_recipe:
+        print(f"[3b/4] the low-T stack {json.dumps(best_recipe)}: one conversion per T in {best_ts}, then "
+              f"snn.to_backend for {', '.join(backends[1:]) or 'no other backend'}", flush=True)
+    for T in best_ts:
+        clock.start("convert_best")
+        snn = snnbridge.convert(model, best_recipe, calibration=calib_batches, backend=backends[0], timesteps=T,
+                                progress=progress, seed=args.seed)
+        conv_s = clock.stop()
+        for backend in backends:
+            clock.start("eval_best")
+            moved = snn if backend == backends[0] else snn.to_backend(backend)
+            acc = snnbridge.accuracy_curve(moved, test_batches(x_test, y_test, args.eval_batch_size, device), [T],
+                                           device=device, progress=progress)["accuracy"][0]
+            eval_s = clock.stop()
+            best.append({"recipe": json.dumps(best_recipe), "recipe_spec": best_recipe, "T": T, "backend": backend,
+                         "accuracy": acc, "steps_run": moved.steps_for(T), "conversion_seconds": round(conv_s, 2),
+                         "converted_on": backends[0], "eval_seconds": round(eval_s, 2),
+                         "chosen": {k: v for k, v in snn.report.items() if k.startswith("ltb_")}})
+            print(f"  best stack T={T:<3d} / {backend:<12s} {100 * acc:.2f}%   (convert {conv_s:.1f} s on "
+                  f"{backends[0]}, evaluate {eval_s:.1f} s)", flush=True)
+            del moved
+        del snn
+
     # outputs ------------------------------------------------------------------------------------------
     results = {
         "task": "cifar10",
@@ -443,6 +564,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ann": {"test_accuracy": ann_acc, "checkpoint": str(ckpt), "loaded_from_checkpoint": loaded,
                 "training_history": history},
         "runs": runs,
+        "best": best,
         "backend_max_gap": {},
         "timings": {},
         "versions": versions(),
@@ -450,6 +572,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["backend_max_gap"] = backend_gaps(results)
     print("[4/4] results", flush=True)
+    if best:
+        print(format_headline(results))
+        print()
     print(format_table(results))
     if results["backend_max_gap"]:
         print("largest accuracy gap between backends at any T (points): "
