@@ -16,8 +16,8 @@ Rules
 * **Recipe order.** For each stage the core calls the hook of the recipe's plugins one at a
   time, in recipe order, each with its own validated ``options`` dict. A plugin that is
   installed but not in the recipe is never called, except by the discovery hooks
-  (:func:`snnbridge_plugin_info`, :func:`snnbridge_add_options`) and
-  :func:`snnbridge_claim_module`.
+  (:func:`snnbridge_plugin_info`, :func:`snnbridge_add_options`), by
+  :func:`snnbridge_claim_module` and by :func:`snnbridge.tune` (:func:`snnbridge_tune_variants`).
 * **Arguments.** An implementation may accept any *subset* of a spec's arguments. pluggy
   checks the names when the plugin is registered: a misspelled hook or argument marks the
   plugin broken (reported by name; the other plugins keep working).
@@ -58,11 +58,21 @@ answers who writes the threshold, v0, the per-step shift ...), ``ctx.batches()``
 ``ctx.take(n)`` (calibration data), ``ctx.collect(observer)`` (statistics, shared and
 cached: :mod:`snnbridge.observers`), ``ctx.hooks(fn)`` (read or replace site outputs during
 ANN forwards), ``ctx.site_activations(x)``, ``ctx.usable_threshold(...)``,
-``ctx.timesteps_for(options)`` and ``ctx.report["notes"]``.
+``ctx.timesteps_for(options)``, ``ctx.plugin_data`` (state a plugin hands from one of its
+hooks to a later one) and ``ctx.report["notes"]``.
+
+Distributed conversions (``torch.distributed``, :mod:`snnbridge.distributed`): every rank
+runs the hooks on its own shard; batch i is the union of the ranks' batches i.
+``ctx.collect`` reduces observers itself; a plugin's own loop reduces what it computes with
+``ctx.all_mean(mean, count)``, ``ctx.all_sum(t)``, ``ctx.all_max(t)`` and ``ctx.all_gather(t)``
+(``ctx.world_size`` / ``ctx.rank``; all are the identity in one process), so that every rank
+ends with the same SNN (the core checks a checksum and names a plugin that did not).
 
 ``snn`` (:class:`~snnbridge.runtime.SpikingModel`): ``snn.sites`` (name ->
 :class:`~snnbridge.runtime.SpikingSite` with ``spec``, ``neuron`` and ``corrections``),
 ``snn.set_spec(name, spec)``, ``snn.run(x, timesteps)`` / ``snn(x)``,
+``snn.run(x, before_fire=fn)`` (every site's whole input sequence, in order, before it fires:
+calibrate all sites of a batch in one run),
 ``with snn.record(sites, keep=...)`` (:mod:`snnbridge.recording`),
 ``snn.feeding_layer(name)`` (:mod:`snnbridge.feeding`), ``snn.decode_window``
 (:class:`~snnbridge.corrections.DecodeWindow`), ``snn.timestep_checks``.
@@ -111,7 +121,8 @@ HOOK_STAGES: dict[str, str] = {
     "snnbridge_training_loss": "loss",
     "snnbridge_surrogate": "surrogate",
 }
-DISCOVERY_HOOKS = ("snnbridge_plugin_info", "snnbridge_add_options", "snnbridge_check_recipe")
+DISCOVERY_HOOKS = ("snnbridge_plugin_info", "snnbridge_add_options", "snnbridge_check_recipe",
+                   "snnbridge_tune_variants")
 
 
 # =============================================================================================
@@ -153,6 +164,21 @@ def snnbridge_check_recipe(recipe: Recipe, options: dict[str, Any]) -> None:
     :param options: this plugin's complete options.
     :returns: nothing; raise a :mod:`snnbridge.errors` class (usually
         :class:`~snnbridge.errors.PluginConflictError`) whose message names the fix.
+    """
+
+
+@hookspec
+def snnbridge_tune_variants() -> list[dict[str, Any]]:
+    """Option sets of this plugin worth trying when :func:`snnbridge.tune` searches for the best recipe.
+
+    Called by :func:`snnbridge.tune` on every installed method plugin, when it builds its
+    candidate recipes. Each dict is given as the plugin's options in a candidate (and
+    validated like any recipe's), so ``{}`` means the defaults; list the cheapest first:
+    tune tries candidates cheap-first and stops when its time budget is spent. In a stack
+    of plugins only one plugin at a time deviates from its first variant. Without this
+    hook the plugin is tried with its defaults only.
+
+    :returns: a non-empty list of option dicts, e.g. ``[{}, {"percentile": 99.99}]``.
     """
 
 
