@@ -16,7 +16,9 @@ OUT = HERE / "api.md"
 GROUPS = [
     ("Converting and running", ["convert", "prepare", "simulate", "SpikingModel", "SpikingSite", "save", "load",
                                 "record", "accuracy_curve", "ann_accuracy", "report", "layer_report", "energy",
-                                "plot_accuracy", "plot_layer_report", "fold_scales", "is_folded", "export_nir",
+                                "tune", "TuneResult", "plot_accuracy", "plot_layer_report", "fold_scales", "is_folded",
+                                "export_nir",
+                                "distributed",
                                 "trace_for_conversion", "ConversionGraph"]),
     ("Training", ["training_loss", "TrainingLoss", "surrogate", "Surrogate", "firing_rule"]),
     ("Robustness", ["robustness", "evaluate_robustness", "fgsm", "pgd", "uniform_noise", "RobustnessReport"]),

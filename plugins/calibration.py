@@ -102,6 +102,12 @@ def snnbridge_add_options():
     ]
 
 
+@hookimpl
+def snnbridge_tune_variants():
+    # advanced (weight calibration) runs wc_iters Adam steps per site: try it after the cheap bias calibration
+    return [{"preset": "light"}, {"preset": "advanced"}]
+
+
 def _steps(options) -> tuple[str, ...]:
     chosen = options["steps"] if options["steps"] is not None else PRESETS[options["preset"]]
     return tuple(s for s in STEPS if s in chosen)

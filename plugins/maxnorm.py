@@ -41,3 +41,9 @@ def snnbridge_estimate_threshold(ctx, options):
     momentum = options["momentum"]
     observer = MaxObserver(axis) if momentum is None else EMAMaxObserver(momentum, axis)
     return {name: ctx.usable_threshold(name, value, NAME) for name, value in ctx.collect(observer).items()}
+
+
+@hookimpl
+def snnbridge_tune_variants():
+    # per-channel maxima are lower in most channels: fewer spikes lost to a few large activations
+    return [{}, {"channelwise": True}]

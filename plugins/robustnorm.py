@@ -41,3 +41,9 @@ def snnbridge_estimate_threshold(ctx, options):
     observer = PercentileObserver(options["percentile"], 1 if options["channelwise"] else None,
                                   options["max_samples"], options["nonzero"])
     return {name: ctx.usable_threshold(name, value, NAME) for name, value in ctx.collect(observer).items()}
+
+
+@hookimpl
+def snnbridge_tune_variants():
+    # Rueckauer et al. pick p per network: a higher p clips less, a lower p fires more at small T
+    return [{}, {"percentile": 99.99}, {"channelwise": True}]

@@ -12,7 +12,7 @@ Plugin authors: :mod:`snnbridge.hookspecs` is the manual; everything a plugin ne
 name exported here (``snnbridge.__all__``).
 """
 
-from . import channels, robustness
+from . import channels, distributed, robustness
 from .context import ConversionContext
 from .convert import convert
 from .corrections import Adjustment, DecodeWindow, PresimRecord, SiteCorrection, TimestepCheck, TimestepMismatchWarning
@@ -70,6 +70,7 @@ from .sites import SiteInfo
 from .spec import NeuronSpec
 from .surrogates import Surrogate, firing_rule, surrogate
 from .training import TrainingLoss, training_loss
+from .tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -84,6 +85,8 @@ __all__ = [
     "fold_scales", "is_folded", "export_nir",
     "report",
     "energy",
+    "distributed",
+    "tune", "TuneResult",
     # training
     "training_loss", "TrainingLoss",
     "surrogate", "Surrogate", "firing_rule",
