@@ -7,10 +7,17 @@
     snnbridge report snn.pt --data DATA [--model module:factory --checkpoint ann.pt] --out report/
     snnbridge report --config recipe.yaml --model module:factory (--checkpoint ann.pt | --random-init) --data DATA
                      --out report/
+    snnbridge tune --model module:factory (--checkpoint ann.pt | --random-init) --data DATA --timesteps 4,8
+                   [--budget SECONDS] --out tune/
 
 A flag means the same in every command: ``--timesteps``/``-T`` is the T an SNN is converted
 for; ``--report-timesteps`` the T values ``evaluate`` reports. Every ``convert`` and
 ``evaluate`` run writes a run record (:mod:`snnbridge.runrecord`) next to its results.
+
+``torchrun --nproc_per_node=N -m snnbridge convert|evaluate ...`` runs the same command on N
+processes (torch.distributed: gloo on CPU, NCCL on GPUs): each rank calibrates and evaluates
+its shard of the images, the results are reduced over the ranks and equal one process's;
+rank 0 prints and writes the files (docs/distributed.md).
 
 Every user error (missing file, bad config, unknown plugin or option, ...) prints
 ``snnbridge: error: <message>`` to stderr and exits with status 2; ``--debug`` shows the
@@ -60,6 +67,9 @@ examples:
   # accuracy vs number of time steps T (one simulation per batch), with a JSON and a plot
   snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 \\
       --report-timesteps 1,2,4,8,16,32 --json acc.json --plot acc.png
+
+  # the same on 2 processes (torch.distributed; results equal one process's)
+  torchrun --nproc_per_node=2 -m snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz
 """
 
 _EPILOG = """\
@@ -96,6 +106,9 @@ or a .tar/.tar.gz of one; a train/ split is used when there is one. Flags overri
 Next to --out (snn.pt) goes snn.run.json: the command line, the resolved recipe, seeds, the
 calibration image indices, data and normalisation, the checkpoint's sha256, backend, T and
 package versions. The same command on the same data gives the same SNN, bit for bit.
+Under torchrun (torchrun --nproc_per_node=N -m snnbridge convert ...) each rank calibrates on
+its shard of the sample, every N-th image, in batches of ceil(B / N), so the ranks' batch i
+together hold one process's batch i; rank 0 saves the SNN (checked identical on every rank).
 
 example:
   snnbridge convert --config recipe.yaml --model examples.cifar10.model:make_model \\
@@ -112,7 +125,10 @@ uncounted warm-up steps some methods simulate before the T counted ones. --times
 conversion T (as in `snnbridge convert`); --report-timesteps the T values reported. An SNN
 with T-specific corrections (per-step tables, e.g. ftbc) cannot report past the T it was
 calibrated for: convert with that T. Next to --json / --plot goes <name>.run.json (with
---json - the record is the "run" entry of the printed JSON).
+--json - the record is the "run" entry of the printed JSON). Under torchrun
+(torchrun --nproc_per_node=N -m snnbridge evaluate ...) each rank evaluates every N-th image
+(B / N per batch) and the correct counts are summed: the same accuracies as one process; rank
+0 prints and writes the files.
 
 examples:
   snnbridge evaluate --snn snn.pt --data cifar10-jpeg.tar.gz --samples 1000 --plot acc.png
@@ -141,6 +157,25 @@ examples:
       --checkpoint ann.pt --samples 1000 --out report/
   snnbridge report --config recipe.yaml --model examples.cifar10.model:make_model \\
       --checkpoint ann.pt --data cifar10-jpeg.tar.gz --timesteps 32 --out report/
+"""
+
+
+_TUNE_HELP = """\
+Find the best recipe per T (snnbridge.tune). Candidate recipes are built from the installed
+plugins (training-free methods for a plain ReLU network, the QCFS family for a network trained
+with QCFS activations, alone and stacked, with the options each plugin lists), or read from
+--candidates FILE; a --config's recipe is tried first. Each is converted on the calibration
+images drawn from the train split of --data, less the last --holdout-batches batches, which
+only score it: accuracy on their labels (--score). Candidates run cheap-first until --budget
+seconds are spent. Written into --out: tune.json (every score), tune.png (score vs T and vs
+conversion time), tune.run.json and best-T<T>.yaml per T: a config file with the winning
+recipe, the model, checkpoint and data, for `snnbridge convert --config best-T8.yaml --out
+snn.pt`.
+
+examples:
+  snnbridge tune --model examples.cifar10.model:make_model --checkpoint ann.pt \\
+      --data cifar10-jpeg.tar.gz --timesteps 4,8,16 --budget 600 --out tune/
+  snnbridge convert --config tune/best-T8.yaml --out snn.pt
 """
 
 
@@ -211,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for model construction, sampling and conversion (default: the "
                    "config's 'seed', else 0)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="calibration batch size "
-                   "(default: 128)")
+                   "(default: 128; under torchrun all ranks together, ceil(B / ranks) each)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto = cuda if available)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every site's neuron parameters")
@@ -229,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: all)")
     p.add_argument("--report-timesteps", type=_int_list, metavar="T1,T2,...",
                    help="the T values to report (default: 1,2,4,... up to the SNN's T); one run at the largest")
-    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B",
+                   help="default: 128 (under torchrun all ranks together, ceil(B / ranks) each)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE", help="write a plot of accuracy vs T (PNG, PDF or SVG)")
@@ -270,6 +306,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conversion_options(p)
     _add_data_options(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("tune", help="try candidate recipes on held-out calibration images and keep the best per T",
+                       description=_TUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_options(p, required=False)
+    p.add_argument("--data", metavar="PATH", help="image folder or .tar.gz (its train split when it has one)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for tune.json, tune.png and the "
+                                                                       "best-T<T>.yaml files")
+    p.add_argument("--timesteps", "-T", dest="tune_timesteps", type=_int_list, default=[4, 8], metavar="T1,T2,...",
+                   help="the T values to find a recipe for (default: 4,8)")
+    p.add_argument("--candidates", metavar="FILE", help="a .yaml/.toml file with 'candidates: [recipe, ...]' to try "
+                                                        "instead of the automatic ones")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="start no new candidate after this many seconds "
+                                                                  "(default: try all)")
+    p.add_argument("--holdout-batches", type=_positive_int, default=1, metavar="N",
+                   help="calibration batches that only score the candidates (default: 1)")
+    p.add_argument("--score", choices=("auto", "accuracy", "agreement"), default="auto",
+                   help="accuracy on the held-out labels, or agreement with the ANN's class (default: auto = "
+                        "accuracy)")
+    p.add_argument("--max-stack", type=_positive_int, default=3, metavar="N",
+                   help="most plugins in an automatic candidate (default: 3)")
+    p.add_argument("--convert-per-t", action="store_true", default=None,
+                   help="convert every candidate for each T (default: only T-specific ones and those whose SNN "
+                        "depends on the conversion's T; the others are converted once and scored at every T)")
+    p.add_argument("--backend", metavar="NAME", help="neuron backend (default: the config's, else torch)")
+    p.add_argument("--calib-samples", type=_positive_int, default=512, metavar="N",
+                   help="calibration images drawn at random from --data, held-out ones included (default: 512)")
+    p.add_argument("--calib-split", default="train", metavar="SPLIT",
+                   help="split folder of --data to draw them from (default: train)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
+    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
+                   "config's 'seed', else 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_tune, conv_timesteps=None)
     return parser
 
 
@@ -335,11 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import SnnbridgeError
 
     try:
-        return int(args.func(args) or 0)
+        with _distributed(args):
+            return int(args.func(args) or 0)
     except (SnnbridgeError, CliError) as exc:
         if args.debug:
             raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        who = f" (rank {_rank()})" if _rank() else ""
+        print(f"{PROG}: error{who}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -353,16 +427,85 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+#: commands that run on every rank under torchrun, sharding their images
+_DISTRIBUTED_COMMANDS = ("convert", "evaluate")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise), known before the process group exists."""
+    from .distributed import launched_by_torchrun
+
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+@contextlib.contextmanager
+def _distributed(args):
+    """Under torchrun: join the process group (convert, evaluate), keep stdout to rank 0, leave the group at the end."""
+    from . import distributed
+
+    if not distributed.launched_by_torchrun():
+        yield
+        return
+    if args.command not in (*_DISTRIBUTED_COMMANDS, "plugins"):  # each rank would do all the work and write it
+        raise CliError(f"`snnbridge {args.command}` runs in one process; start it without torchrun (`snnbridge "
+                       "convert` and `snnbridge evaluate` run under torchrun).")
+    import torch.distributed as dist
+
+    joined = args.command in _DISTRIBUTED_COMMANDS and not dist.is_initialized()
+    if joined:
+        distributed.init_from_environment()
+    try:
+        with contextlib.ExitStack() as stack:
+            if _rank() != 0:  # one copy of every table and message: rank 0's
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            yield
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _say(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    if _rank() == 0:
+        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _progress(args) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
+    return not args.no_progress and sys.stderr.isatty() and _rank() == 0
+
+
+def _per_rank_batch(batch_size: int, n_images: int, what: str) -> int:
+    """Batch size on each rank: ``ceil(B / ranks)``, with a note when the union batches cannot be one process's."""
+    from . import distributed
+
+    world = distributed.world_size()
+    if world == 1:
+        return batch_size
+    per_rank = -(-batch_size // world)
+    if batch_size % world:
+        _warn(f"--batch-size {batch_size} is not a multiple of the {world} ranks: each rank takes {per_rank}, so a "
+              f"batch of all ranks holds {per_rank * world} {what} images; give a multiple of {world} for the batches "
+              "of one process.")
+    if n_images % world:
+        _warn(f"{n_images} {what} images do not split evenly over {world} ranks: DistributedSampler repeats "
+              f"{world - n_images % world} of them on the last ranks"
+              + (" (left out of the counts)." if what == "evaluation" else
+                 f"; give a multiple of {world} to calibrate on exactly one process's images."))
+    return per_rank
+
+
+def _distributed_record() -> dict | None:
+    """Ranks and communication backend for a run record (None in one process)."""
+    from . import distributed
+
+    if not distributed.active():
+        return None
+    import torch.distributed as dist
+
+    return {"ranks": distributed.world_size(), "backend": str(dist.get_backend())}
 
 
 # =============================================================================================
@@ -511,14 +654,18 @@ def _data_settings(args, *layers: dict) -> dict[str, Any]:
 def _device(name: str):
     import torch
 
+    from . import distributed
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise CliError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps ...).") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA is not available here; use --device cpu.")
+    if dev.type == "cuda" and dev.index is None and distributed.active():
+        dev = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK, set by the group)
     return dev
 
 
@@ -582,6 +729,7 @@ def _convert(args, setup: _Setup, device, progress: bool, before_work=None):
     """
     import torch
 
+    from . import distributed
     from .convert import convert
     from .data import open_image_folder
     from .errors import CalibrationError
@@ -613,10 +761,13 @@ def _convert(args, setup: _Setup, device, progress: bool, before_work=None):
         data = open_image_folder(setup.data_path, args.calib_split, **norm)
         classes = data.classes
         indices = data.sample(args.calib_samples, seed=args.seed)
-        calibration = [x for x, _ in data.batches(indices, args.batch_size, workers=args.workers,
-                                                      pin_memory=device.type == "cuda")]
+        per_rank = _per_rank_batch(args.batch_size, len(indices), "calibration")
+        calibration = [x for x, _ in data.batches(indices, per_rank, workers=args.workers,
+                                                      pin_memory=device.type == "cuda", shard=distributed.active())]
         calib_desc = {"path": str(setup.data_path), "split": data.split, "samples": len(indices), "seed": args.seed,
                       "images_available": len(data), "batch_size": args.batch_size, "indices": indices}
+        if distributed.active():
+            calib_desc["batch_size_per_rank"] = per_rank
     elif getattr(args, "input_shape", None):
         example = torch.zeros(1, *args.input_shape, device=device)
     else:
@@ -656,6 +807,7 @@ def _conversion_record(args, setup: _Setup, recipe, factory, norm: dict, classes
                   "split": calib["split"], "classes": classes, "normalisation": norm} if calib else None),
         "input_shape": list(args.input_shape) if getattr(args, "input_shape", None) and not calib else None,
         "calibration": calib, "disabled_plugins": list(setup.disable), "device": str(device),
+        "distributed": _distributed_record(),
     }
 
 
@@ -758,6 +910,8 @@ def cmd_convert(args) -> int:
                                      "seconds": round(time.perf_counter() - started, 3),
                                      "conversion_seconds": (snn.report or {}).get("conversion_seconds")}}
     record = json.loads(json.dumps(record, default=str))  # plain data, also inside the SNN file
+    if _rank() != 0:  # the SNN is the same on every rank (checked): rank 0 writes it
+        return 0
     snn.to("cpu")
     save(snn, out, metadata={**{k: v for k, v in metadata.items() if k != "conversion"}, "run": record})
     _write(str(record_file), lambda p: runrecord.write(record, p))
@@ -876,7 +1030,7 @@ def _measured_on(args, setup: _Setup, snn, ann, device, saved_norm: dict, classe
 
 
 def cmd_evaluate(args) -> int:
-    from . import runrecord
+    from . import distributed, runrecord
     from .corrections import calibrated_timesteps
     from .evaluate import accuracy_curve
 
@@ -919,7 +1073,9 @@ def cmd_evaluate(args) -> int:
     report, norm, data, indices = _measured_on(args, setup, snn, ann, device, saved_norm, classes,
                                                "evaluating on", "evaluation")
     try:
-        batches = data.batches(indices, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+        per_rank = _per_rank_batch(args.batch_size, len(indices), "evaluation")
+        batches = data.batches(indices, per_rank, workers=args.workers, pin_memory=device.type == "cuda",
+                               shard=distributed.active())
         curve = accuracy_curve(snn, batches, report, ann=ann, device=device, progress=progress)
     except RuntimeError as exc:
         raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "
@@ -934,7 +1090,7 @@ def cmd_evaluate(args) -> int:
         "data": str(setup.data_path), "split": data.split, "samples": curve["samples"],
         "images_available": len(data), "seed": args.seed, "ann_accuracy": curve["ann_accuracy"], "results": results,
         "timesteps": curve["timesteps"], "steps_run": curve["steps_run"], "accuracy": curve["accuracy"],
-        "seconds": round(time.perf_counter() - started, 3), "snnbridge_version": __version__,
+        "ranks": curve["ranks"], "seconds": round(time.perf_counter() - started, 3), "snnbridge_version": __version__,
     }
     outputs = [p for p in (args.json, args.plot) if p and p != "-"]
     record_files = list(dict.fromkeys(str(runrecord.record_path(p)) for p in outputs))
@@ -946,11 +1102,14 @@ def cmd_evaluate(args) -> int:
         "evaluation": {"split": data.split, "samples": len(indices), "images_available": len(data),
                        "seed": args.seed, "batch_size": args.batch_size, "report_timesteps": curve["timesteps"],
                        "indices": indices},
-        "device": str(device), "output": {"json": args.json, "plot": args.plot, "run_record": record_files},
+        "device": str(device), "distributed": _distributed_record(),
+        "output": {"json": args.json, "plot": args.plot, "run_record": record_files},
         runrecord.TIMING_KEY: {"started_at": started_at, "finished_at": runrecord.now(),
                                "seconds": summary["seconds"]},
     }
     record = json.loads(json.dumps(record, default=str))
+    if _rank() != 0:  # the results are the same on every rank: rank 0 prints and writes them
+        return 0
     if args.json == "-":  # keep stdout pure JSON
         with contextlib.redirect_stdout(sys.stderr):
             _print_table(summary)
@@ -1101,6 +1260,121 @@ def _plot_title(s: dict) -> str:
     from .plots import run_title
 
     return run_title(s["recipe"], s["backend"], s["snn_timesteps"]) + f"; {s['samples']} {s['split'] or 'all'} images"
+
+
+# =============================================================================================
+# snnbridge tune
+# =============================================================================================
+
+
+def _candidate_file(path: str) -> list:
+    """The recipes of a ``--candidates`` file: ``candidates: [recipe, ...]`` (or a bare list) in YAML or TOML."""
+    import tomllib
+
+    import yaml
+
+    file = Path(path)
+    example = "candidates:\n  - [maxnorm]\n  - [robustnorm, opi]"
+    if not file.is_file():
+        raise CliError(f"--candidates {path!r} does not exist; give a .yaml or .toml file like\n{example}")
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if file.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise CliError(f"--candidates {path}: cannot read it ({_first_line(exc)}); write it like\n{example}") from exc
+    if isinstance(data, dict) and set(data) == {"candidates"}:
+        data = data["candidates"]
+    if not isinstance(data, list) or not data:
+        raise CliError(f"--candidates {path}: expected a non-empty list of recipes under 'candidates:', like\n"
+                       f"{example}")
+    return data
+
+
+def _best_config(result, t: int, args, setup: _Setup, norm: dict) -> dict[str, Any]:
+    """A config file for ``snnbridge convert --config``: the winner at ``t`` with the model, weights and data."""
+    row = result.best_row(t)
+    data: dict[str, Any] = {"path": str(Path(str(setup.data_path)).resolve())}
+    data.update({k: v for k, v in norm.items() if v is not None})
+    cfg: dict[str, Any] = {
+        "description": f"chosen by `snnbridge tune` for T = {t}: {result.score} {100 * row['score']:.2f} % on "
+                       f"{result.holdout['samples']} held-out calibration images",
+        "recipe": result.best[t], "backend": {"name": setup.backend, **setup.backend_options}, "timesteps": t,
+        "model": _architecture_ref(str(setup.model_spec)), "data": data, "seed": args.seed}
+    if setup.checkpoint:
+        cfg["checkpoint"] = str(Path(setup.checkpoint).resolve())
+    if setup.disable:
+        cfg["disable"] = list(setup.disable)
+    return cfg
+
+
+def cmd_tune(args) -> int:
+    import yaml
+
+    from . import runrecord
+    from .data import open_image_folder
+    from .distributed import launched_by_torchrun
+    from .tune import tune
+
+    started, started_at = time.perf_counter(), runrecord.now()
+    if launched_by_torchrun():
+        raise CliError("`snnbridge tune` runs in one process; start it without torchrun, then convert the chosen "
+                       "recipe (tune's best-T<T>.yaml) under torchrun if you like.")
+    setup = _Setup(args)
+    if not setup.model_spec:
+        raise CliError("give --model MODULE:FACTORY (or 'model:' in the config) to say how to build the ANN.")
+    _require_weights(args, setup)
+    if not setup.data_path:
+        raise CliError("give --data PATH: the image folder or .tar.gz whose train split calibrates and scores the "
+                       "candidates.")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {args.out!r} is a file; give a folder (tune.json, tune.png and best-T<T>.yaml go "
+                       "there).")
+    candidates = _candidate_file(args.candidates) if args.candidates else None
+    device = _device(args.device)
+    ann = _build_ann(args, setup).to(device)
+    norm = _data_settings(args, setup.norm)
+    data = open_image_folder(setup.data_path, args.calib_split, **norm)
+    indices = data.sample(args.calib_samples, seed=args.seed)
+    batches = [(x.to(device), y) for x, y in data.batches(indices, args.batch_size, workers=args.workers)]
+    if len(batches) <= args.holdout_batches:
+        raise CliError(f"{len(indices)} calibration images in batches of {args.batch_size} make {len(batches)} "
+                       f"batch(es), but --holdout-batches {args.holdout_batches} needs at least one more to calibrate "
+                       "on: draw more images (--calib-samples) or give a smaller --batch-size.")
+    try:
+        result = tune(ann, batches, timesteps=args.tune_timesteps, candidates=candidates,
+                      include=[setup.cfg.recipe] if setup.cfg else None, holdout_batches=args.holdout_batches,
+                      score=args.score, budget_s=args.budget, backend=setup.backend,
+                      backend_options=setup.backend_options, seed=args.seed, progress=_progress(args),
+                      max_stack=args.max_stack, convert_per_t=args.convert_per_t, disable=setup.disable)
+    except RuntimeError as exc:
+        raise CliError(f"the model failed on the images of {data.where}: {_first_line(exc)}. Check --image-size, "
+                       "--mean/--std and the data; --debug shows the traceback.") from exc
+    _say(result.table())
+    _say("")
+    files = {"json": str(out / "tune.json"), "plot": str(out / "tune.png"), "run_record": str(out / "tune.run.json")}
+    for t in result.best:
+        path = out / f"best-T{t}.yaml"
+        cfg = _best_config(result, t, args, setup, norm)
+        _write(str(path), lambda p, cfg=cfg: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+        files[f"best_T{t}"] = str(path)
+        _say(f"best for T = {t}: {result.best_row(t)['label']} -> {path}")
+    _write(files["json"], result.save_json)
+    _write(files["plot"], result.plot)
+    record = {**runrecord.header("tune", args.argv), "seed": args.seed, "model": _model_record(args, setup),
+              "data": {"path": str(setup.data_path), "path_resolved": str(Path(setup.data_path).resolve()),
+                       "split": data.split, "classes": data.classes, "normalisation": norm},
+              "calibration": {"samples": len(indices), "images_available": len(data), "batch_size": args.batch_size,
+                              "holdout_batches": args.holdout_batches, "indices": indices},
+              "backend": {"name": setup.backend, "options": dict(setup.backend_options)},
+              "config": setup.config_path, "candidates_file": args.candidates, "device": str(device),
+              "output": files,
+              runrecord.TIMING_KEY: {"started_at": started_at, "finished_at": runrecord.now(),
+                                     "seconds": round(time.perf_counter() - started, 3)}}
+    _write(files["run_record"], lambda p: runrecord.write(json.loads(json.dumps(record, default=str)), p))
+    _say(f"wrote {files['json']}, {files['plot']} and {files['run_record']}; convert a winner with "
+         f"`snnbridge convert --config {out / f'best-T{max(result.best)}.yaml'} --out snn.pt`")
+    return 0
 
 
 if __name__ == "__main__":

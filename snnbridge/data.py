@@ -104,6 +104,31 @@ class VisibleImageFolder(ImageFolder):
         return classes, {c: i for i, c in enumerate(classes)}
 
 
+class Batches:
+    """The ``(x, y)`` batches of a DataLoader, with a :class:`DataError` naming the fix when image sizes differ.
+
+    ``sampler``, ``batch_sampler``, ``dataset`` and ``drop_last`` are the loader's, for code that
+    looks at how the data is sharded (:func:`snnbridge.distributed.sampler_padding`).
+    """
+
+    def __init__(self, loader: DataLoader, where: str):
+        self.loader, self.where = loader, where
+        self.sampler, self.batch_sampler = loader.sampler, loader.batch_sampler
+        self.dataset, self.drop_last = loader.dataset, loader.drop_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            yield from self.loader
+        except RuntimeError as exc:
+            if "stack expects each tensor to be equal size" in str(exc):
+                raise DataError(f"the images in {self.where} have different sizes; give --image-size (or "
+                                "image_size) to resize them to one size.") from exc
+            raise
+
+
 class ImageData:
     """The labelled images of one split (a Dataset), with seeded sampling and batched loading.
 
@@ -130,23 +155,32 @@ class ImageData:
         return perm if n is None or n >= total else perm[:n]
 
     def loader(self, indices: Sequence[int], batch_size: int, *, workers: int = 0,
-               pin_memory: bool = False) -> DataLoader:
-        """A DataLoader over the given images, in that order."""
+               pin_memory: bool = False, shard: bool = False) -> DataLoader:
+        """A DataLoader over the given images, in that order.
+
+        ``shard=True``: only this rank's share under a process group
+        (:func:`snnbridge.distributed.shard`: rank r takes images r, r + N, r + 2N, ... of N ranks,
+        the shards padded to equal length), so batch i of all ranks together holds the images of
+        batch i of one process whose batch size is ``N * batch_size``.
+        """
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}.")
-        return DataLoader(Subset(self.dataset, list(indices)), batch_size=batch_size, shuffle=False,
-                          num_workers=workers, pin_memory=pin_memory)
+        subset = Subset(self.dataset, list(indices))
+        if shard:
+            from .distributed import shard as distributed_shard
+
+            return distributed_shard(subset, batch_size, num_workers=workers, pin_memory=pin_memory)
+        return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
     def batches(self, indices: Sequence[int], batch_size: int, *, workers: int = 0,
-                pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches of the given images (a mix of image sizes is a DataError naming the fix)."""
-        try:
-            yield from self.loader(indices, batch_size, workers=workers, pin_memory=pin_memory)
-        except RuntimeError as exc:
-            if "stack expects each tensor to be equal size" in str(exc):
-                raise DataError(f"the images in {self.where} have different sizes; give --image-size (or "
-                                "image_size) to resize them to one size.") from exc
-            raise
+                pin_memory: bool = False, shard: bool = False) -> Batches:
+        """``(x, y)`` batches of the given images (a mix of image sizes is a DataError naming the fix).
+
+        ``shard``: as in :meth:`loader`; the result keeps the loader's sampler, so
+        :func:`snnbridge.accuracy_curve` sees (and leaves out) the shard's padding.
+        """
+        return Batches(self.loader(indices, batch_size, workers=workers, pin_memory=pin_memory, shard=shard),
+                       self.where)
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch ``(x [N, C, H, W], y [N])`` of the given images."""

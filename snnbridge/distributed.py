@@ -1,4 +1,4 @@
-"""torch.distributed, as snnbridge uses it: who this process is, and the few reductions calibration needs.
+"""torch.distributed, as snnbridge uses it: who this process is, the few reductions, sharded data loaders.
 
 snnbridge starts nothing of its own: launch with ``torchrun`` and call
 ``torch.distributed.init_process_group`` (gloo on CPU, NCCL on GPUs), or let the command line
@@ -169,7 +169,7 @@ def checksum(tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
         else:
             h.update(repr(value).encode())
     return h.hexdigest()
@@ -253,7 +253,7 @@ def shard(dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool =
     ``pin_memory`` ...); ``sampler``, ``batch_sampler`` and ``drop_last=True`` are refused,
     because they would replace or defeat the sharding.
     """
-    taken = sorted(k for k in ("sampler", "batch_sampler") if k in loader_options)
+    taken: list[str] = sorted(k for k in ("sampler", "batch_sampler") if k in loader_options)
     if loader_options.get("drop_last"):
         taken.append("drop_last=True")
     if taken:
@@ -261,8 +261,8 @@ def shard(dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool =
                          "(no sample is ever dropped).")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive whole number, got {batch_size!r}.")
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle,
-                                                  seed=int(seed), drop_last=False)
+    sampler: torch.utils.data.DistributedSampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=int(seed), drop_last=False)
     return torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), sampler=sampler, drop_last=False,
                                        **loader_options)
 

@@ -1,0 +1,1 @@
+"""Distributed (torchrun + DDP) examples: QCFS training of a prepared ANN, fine-tuning of a converted SNN."""
