@@ -481,6 +481,24 @@ CASES = [
          lambda e: snnbridge.evaluate_robustness(e.model, (DATA[0], torch.zeros(4, dtype=torch.long)),
                                                  surrogates=["localzo"], progress=False), InputError,
          r"set_surrogate"),
+    # session 17: option keywords, ltb auto, runs, backends, tune, distributed helpers
+    Case("option-keyword-typo", "build_recipe", "ltb iterations: 'Auto'",
+         lambda e: snnbridge.build_recipe([{"ltb": {"iterations": "Auto"}}]), OptionError, r"Did you mean 'auto'"),
+    Case("ltb-auto-one-image", "convert", "['ltb'] with a single calibration image",
+         lambda e: e.convert(["ltb"], calibration=[DATA[0][:1]]), InputError, r"give more images or set iterations"),
+    Case("before-fire-not-callable", "SpikingModel.run", "before_fire = 3",
+         lambda e: e.snn().run(DATA[0], before_fire=3), InputError, r"before_fire must be a function"),
+    Case("before-fire-wrong-shape", "SpikingModel.run", "before_fire returns a slice",
+         lambda e: e.snn().run(DATA[0], before_fire=lambda site, seq: seq[:1]), InputError,
+         r"return None or a tensor shaped"),
+    Case("to-backend-unknown", "SpikingModel.to_backend", "'spikingjely'",
+         lambda e: e.snn().to_backend("spikingjely"), UnknownPluginError, r"Did you mean 'spikingjelly'"),
+    Case("tune-holdout-too-large", "tune", "holdout_batches = number of batches",
+         lambda e: snnbridge.tune(e.model, DATA, holdout_batches=len(DATA), progress=False), InputError,
+         r"holdout"),
+    Case("shard-drop-last", "distributed.shard", "drop_last=True",
+         lambda e: snnbridge.distributed.shard(torch.utils.data.TensorDataset(DATA[0]), 2, drop_last=True),
+         InputError, r"drop_last"),
 ]
 
 
