@@ -280,7 +280,7 @@ class ReservoirObserver(Observer):
         percentile points at p = 99.9 and the default 2^20 samples. One process and a
         distributed run draw two different samples, so their thresholds differ by what that
         band spans in the activations' tail (0.74 % at most on the CIFAR-10 example CNN with
-        1,024 calibration images); raise ``max_samples`` to narrow it.
+        512 calibration images); raise ``max_samples`` to narrow it.
         """
         values, keys = self.values, self._keys[0]
         values, keys = distributed.all_gather_rows(values), distributed.all_gather_rows(keys)
