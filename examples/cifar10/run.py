@@ -312,19 +312,18 @@ def _render(rows: list[list[str]], rules_after=(0,)) -> str:
 
 
 def format_headline(results: dict) -> str:
-    """ANN next to the best SNN at each T of the low-T stack (and the first baseline), per backend."""
+    """ANN next to the low-T stack at each of its T per backend, and the baselines at the same T."""
     ts = sorted({b["T"] for b in results["best"]})
     backends = list(dict.fromkeys(b["backend"] for b in results["best"]))
-    base = results["runs"][0]["recipe"] if results["runs"] else None
     rows = [["", "backend"] + [f"T={t}" for t in ts]]
     rows.append(["ANN", "-"] + [f"{100 * results['ann']['test_accuracy']:.2f}"] * len(ts))
     for b in backends:
         acc = {x["T"]: x["accuracy"] for x in results["best"] if x["backend"] == b}
         rows.append([f"best: {results['best'][0]['recipe']}", b] + [f"{100 * acc[t]:.2f}" for t in ts])
-    for b in backends:
-        run = next((r for r in results["runs"] if r["recipe"] == base and r["backend"] == b), None)
-        if run is not None and all(t <= len(run["curve"]) for t in ts):
-            rows.append([f"baseline: {base}", b] + [f"{100 * run['curve'][t - 1]:.2f}" for t in ts])
+    for run in results["runs"]:  # the baselines on the first backend (every backend gives the same spikes)
+        if run["backend"] == backends[0] and all(t <= len(run["curve"]) for t in ts):
+            rows.append([f"baseline: {run['recipe']}", run["backend"]] + [f"{100 * run['curve'][t - 1]:.2f}"
+                                                                          for t in ts])
     return _render(rows)
 
 
