@@ -42,6 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import snnbridge  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import acc_at, batches  # noqa: E402
 from examples.cifar10 import data as cdata  # noqa: E402
 from examples.cifar10.model import make_model  # noqa: E402
 
@@ -115,50 +117,8 @@ def get_model(args, train_set):
 # -- evaluation -------------------------------------------------------------------------------------------
 
 
-def batches(test, bs):
-    x, y = test
-    for i in range(0, len(x), bs):
-        yield cdata.normalize(x[i:i + bs]), y[i:i + bs]
-
-
 def ann_acc(model, test, bs):
     return snnbridge.ann_accuracy(model, batches(test, bs))
-
-
-def sweep_curve(snn, test, T, bs):
-    return snnbridge.accuracy_curve(snn, batches(test, bs), [T], progress=False)["curve"]
-
-
-@torch.no_grad()
-def acc_at(snn, test, T, bs):
-    x, y = test
-    return sum(int((snn(cdata.normalize(x[i:i + bs]), timesteps=T).argmax(1) == y[i:i + bs]).sum())
-               for i in range(0, len(x), bs)) / len(x)
-
-
-@torch.no_grad()
-def sj_outputs(sj, test, T, bs):
-    """Per-step outputs of a SpikingJelly model in multi-step mode, ``[T, N, classes]``."""
-    from spikingjelly.activation_based import functional
-
-    functional.set_step_mode(sj, "m")
-    x, _ = test
-    outs = []
-    for i in range(0, len(x), bs):
-        functional.reset_net(sj)
-        xb = cdata.normalize(x[i:i + bs])
-        outs.append(sj(xb.unsqueeze(0).repeat(T, 1, 1, 1, 1)))
-    functional.reset_net(sj)
-    return torch.cat(outs, 1)
-
-
-def window_curve(per_step, y, T, start_of=lambda t: 0):
-    csum = torch.cat([torch.zeros_like(per_step[:1]), per_step.cumsum(0)])
-    curve = []
-    for t in range(1, T + 1):
-        s = start_of(t)
-        curve.append(float(((csum[t] - csum[s]).argmax(-1) == y).float().mean()))
-    return curve
 
 
 # -- methods -----------------------------------------------------------------------------------------------
@@ -190,7 +150,7 @@ def run_snnbridge(label, kind, recipe, model, calib, test, Ts, args):
         snn = snnbridge.convert(model, recipe, calibration=calib, timesteps=max(Ts), backend=args.backend,
                                 progress=False, seed=args.seed)
         res["conversion_seconds"]["all"] = round(time.perf_counter() - t0, 2)
-        curve = sweep_curve(snn, test, max(Ts), args.eval_batch)
+        curve = common.sweep_curve(snn, test, max(Ts), args.eval_batch)
         res["curve"] = curve
         res["accuracy"] = {str(t): curve[t - 1] for t in Ts}
         res["notes"] = snn.report.get("notes", [])
@@ -209,38 +169,10 @@ def run_snnbridge(label, kind, recipe, model, calib, test, Ts, args):
 
 
 def run_spikingjelly(model, calib, test, Ts, args):
-    import copy
-
-    from spikingjelly.activation_based import ann2snn
-
-    y = test[1]
-    T = max(Ts)
-    out = {}
-    recipes = {
-        "SJ RateCoding max": lambda: ann2snn.RateCodingRecipe(calib, mode="max"),
-        "SJ RateCoding 99.9%": lambda: ann2snn.RateCodingRecipe(calib, mode="99.9%"),
-        "SJ LTB": lambda: ann2snn.LocalThresholdBalancingRecipe(calib),
-    }
-    for label, make in recipes.items():
-        t0 = time.perf_counter()
-        sj = ann2snn.Converter(make()).convert(copy.deepcopy(model))
-        conv = round(time.perf_counter() - t0, 2)
-        per_step = sj_outputs(sj, test, T, max(1, args.eval_batch // 5))  # multi-step: [T, B, ...] in one call
-        curve = window_curve(per_step, y, T)
-        out[label] = {"kind": "sweep", "accuracy": {str(t): curve[t - 1] for t in Ts}, "curve": curve,
-                      "conversion_seconds": {"all": conv}}
-        if label == "SJ LTB":
-            from spikingjelly.activation_based import functional
-
-            functional.set_step_mode(sj, "s")  # the helper probes one static batch
-            t0 = time.perf_counter()
-            starts = {t: ann2snn.estimate_delay_start(sj, calib, "cpu", t) for t in range(1, T + 1)}
-            est = round(time.perf_counter() - t0, 2)
-            curve = window_curve(per_step, y, T, lambda t: starts[t])
-            out["SJ LTB + estimate_delay_start"] = {
-                "kind": "sweep", "accuracy": {str(t): curve[t - 1] for t in Ts}, "curve": curve,
-                "conversion_seconds": {"all": round(conv + est / T, 2)}, "delay_start": starts}
-        print(f"    {label}: " + "  ".join(f"T={t}: {100 * curve[t - 1]:.2f}%" for t in Ts), flush=True)
+    out = common.run_spikingjelly(model, calib, test, max(Ts), max(1, args.eval_batch // 5), SJ_METHODS)
+    for res in out.values():
+        res["accuracy"] = {str(t): res["curve"][t - 1] for t in Ts}
+        res.pop("eval_seconds", None)
     return out
 
 
