@@ -57,6 +57,7 @@ from tqdm.auto import tqdm  # noqa: E402
 import snnbridge  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import networks as nets  # noqa: E402
+from examples.cifar10.run import versions  # noqa: E402
 
 RESULTS_FORMAT = 1
 TIMESTEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -550,8 +551,7 @@ def _main(argv: list[str]) -> dict:
         results = {"format": RESULTS_FORMAT, "suite": "snnbridge benchmark suite (python -m benchmarks)",
                    "date": time.strftime("%Y-%m-%d"), "commands": [command], "config": config, "networks": {}}
     results["machine"] = {**nets.machine(), "slug": slug}
-    results["versions"] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "snnbridge": snnbridge.__version__, **_dist_versions()}
+    results["versions"] = versions()
 
     def save():
         results["seconds_last_invocation"] = round(time.perf_counter() - started, 1)
@@ -577,18 +577,6 @@ def _main(argv: list[str]) -> dict:
     print(f"wrote {path}, {md} and {', '.join(str(p) for p in pngs)} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     return {**results, "paths": {"json": str(path), "markdown": str(md), "png": [str(p) for p in pngs]}}
-
-
-def _dist_versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("spikingjelly", "snntorch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 if __name__ == "__main__":

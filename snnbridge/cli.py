@@ -203,6 +203,14 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
                         "tests and timing); without this flag a checkpoint is required")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """--seed, --device and --no-progress of the commands that run an SNN on data (evaluate, report, tune)."""
+    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
+                   "config's 'seed', else 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_conversion_options(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
     g = p.add_argument_group("conversion (override the config)" + (" with --config" if evaluate else ""))
     g.add_argument("--backend", metavar="NAME", help="neuron backend (see `snnbridge plugins`)")
@@ -269,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE", help="write a plot of accuracy vs T (PNG, PDF or SVG)")
-    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
-                   "config's 'seed', else 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_options(p)
     _add_conversion_options(p, evaluate=True)
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -296,10 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "is measured at the largest")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
-    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
-                   "config's 'seed', else 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_options(p)
     p.add_argument("--energy", default="fp32_45nm", metavar="PRESET",
                    help="energy per operation for the SynOps part: fp32_45nm (default), fp16_45nm, int8_45nm "
                         "(Horowitz, ISSCC 2014), or 'none' to leave it out")
@@ -336,10 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split folder of --data to draw them from (default: train)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B", help="default: 128")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
-    p.add_argument("--seed", type=int, help="seed for sampling, model construction and conversion (default: the "
-                   "config's 'seed', else 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_options(p)
     _add_data_options(p)
     p.set_defaults(func=cmd_tune, conv_timesteps=None)
     return parser

@@ -13,7 +13,9 @@ mode; with it, each rank normalises by its own batch's statistics).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,6 +58,19 @@ def say(*parts) -> None:
     """Print on rank 0 only."""
     if distributed.is_main():
         print(*parts, flush=True)
+
+
+def write_results(out: str | Path, results: dict, extra: dict[str, dict] | None = None) -> None:
+    """On rank 0 only: ``results.json`` (and state dicts in ``extra``, file name -> state) into ``out``."""
+    if not distributed.is_main():
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, state in (extra or {}).items():
+        torch.save(state, out / name)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    written = " and ".join([str(out / "results.json")] + [str(out / n) for n in extra or {}])
+    say(f"wrote {written} ({results['wall_seconds']:.0f} s)")
 
 
 def per_rank(batch_size: int) -> int:

@@ -174,11 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "before": before, "after": after, "history": history,
                    "checksums": {"snn": distributed.model_checksum(snn)},
                    "wall_seconds": round(time.perf_counter() - started, 1)}
-        if distributed.is_main():
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            common.say(f"wrote {out / 'results.json'} ({results['wall_seconds']:.0f} s)")
+        common.write_results(args.out, results)
         return results
     finally:
         common.finish()

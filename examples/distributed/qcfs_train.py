@@ -23,7 +23,6 @@ Rank 0 prints and writes ``results.json`` and ``qcfs_ann.pt`` (the prepared ANN'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -129,12 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.say(f"ANN (QCFS) accuracy {100 * curve['ann_accuracy']:.2f} % on {curve['samples']} test images")
         for t, a in zip(curve["timesteps"], curve["accuracy"]):
             common.say(f"  SNN T={t:<3} {100 * a:6.2f} %")
-        if distributed.is_main():
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save(ann.state_dict(), out / "qcfs_ann.pt")
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            common.say(f"wrote {out / 'results.json'} and {out / 'qcfs_ann.pt'} ({results['wall_seconds']:.0f} s)")
+        common.write_results(args.out, results, extra={"qcfs_ann.pt": ann.state_dict()})
         return results
     finally:
         common.finish()
