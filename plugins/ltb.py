@@ -143,16 +143,15 @@ def _balance(ctx, options, batches, marks: set[int]) -> tuple[dict[str, torch.Te
     return theta, snapshots
 
 
-def _finish(ctx, options, theta: dict[str, torch.Tensor], report: bool = True) -> dict:
-    """Thresholds as the hook returns them: on the CPU, dead channels given ``eps``."""
+def _finish(options, theta: dict[str, torch.Tensor], notes: list) -> dict:
+    """Thresholds as the hook returns them: on the CPU, dead channels given ``eps`` (said in ``notes``)."""
     out = {}
     for name, th in theta.items():
         th = th.float().cpu()
         dead = th <= 0
         if dead.any():
-            if report:
-                ctx.report["notes"].append(f"{NAME}: {int(dead.sum())} channel(s) of site {name} never activated "
-                                           f"during balancing; threshold eps = {options['eps']:g} (silent)")
+            notes.append(f"{NAME}: {int(dead.sum())} channel(s) of site {name} never activated during balancing; "
+                         f"threshold eps = {options['eps']:g} (silent)")
             th = torch.where(dead, torch.full_like(th, options["eps"]), th)
         out[name] = th if options["channelwise"] else float(th)
     return out
@@ -181,8 +180,9 @@ def snnbridge_estimate_threshold(ctx, options):
         fit, held = _split(ctx, options)
         marks = set(options["candidates"])
         _, snaps = _balance(ctx, options, lambda limit=None: fit[:limit] if limit is not None else fit, marks)
-        cands = {k: _finish(ctx, options, snaps[k], report=False) for k in sorted(snaps)}
-        ctx.plugin_data[NAME] = {"candidates": cands, "held": held}
+        notes: dict[int, list] = {k: [] for k in sorted(snaps)}  # said for the candidate that is kept
+        cands = {k: _finish(options, snaps[k], notes[k]) for k in sorted(snaps)}
+        ctx.plugin_data[NAME] = {"candidates": cands, "notes": notes, "held": held}
         largest = max(cands)
         ctx.report["notes"].append(f"{NAME}: iterations auto: balanced {largest} batch(es) over {len(fit)} "
                                    f"calibration batch(es), candidates {sorted(cands)} scored after conversion")
@@ -195,13 +195,17 @@ def snnbridge_estimate_threshold(ctx, options):
     theta, _ = _balance(ctx, options, stream, set() if K is None else {K})
     ctx.report["notes"].append(f"{NAME}: {K if K is not None else 'one pass of'} balancing batch(es), "
                                f"eta = {options['eta']:g}")
-    return _finish(ctx, options, theta)
+    return _finish(options, theta, ctx.report["notes"])
+
+
+def _v0(th, options):
+    """The initial potential ``v0 * theta`` (a float, or a per-channel tensor of its own)."""
+    return options["v0"] * th if isinstance(th, float) else options["v0"] * th.clone()
 
 
 @hookimpl
 def snnbridge_configure_neuron(site, spec, ctx, options):
-    th = spec.threshold
-    return spec.replace(v0=options["v0"] * th if isinstance(th, float) else options["v0"] * th.clone())
+    return spec.replace(v0=_v0(spec.threshold, options))
 
 
 @torch.no_grad()
@@ -260,8 +264,7 @@ def _choose_iterations(snn, ctx, options) -> None:
     scores = {}
     for k, thresholds in data["candidates"].items():
         for name, th in thresholds.items():
-            v0 = options["v0"] * th if isinstance(th, float) else options["v0"] * th.clone()
-            snn.set_spec(name, base[name].replace(threshold=th, v0=v0))
+            snn.set_spec(name, base[name].replace(threshold=th, v0=_v0(th, options)))
         snn.decode_window = _delay_window(ctx, snn, options)[0] if options["delayed_evaluation"] else window
         agree, err, n = 0.0, 0.0, 0
         for x, a in zip(held, targets):
@@ -273,9 +276,9 @@ def _choose_iterations(snn, ctx, options) -> None:
         scores[k] = (agree / n, err / n)
     best = max(scores, key=lambda k: (scores[k][0], -scores[k][1], -k))  # agreement, then output MSE, then fewer
     for name, th in data["candidates"][best].items():
-        v0 = options["v0"] * th if isinstance(th, float) else options["v0"] * th.clone()
-        snn.set_spec(name, base[name].replace(threshold=th, v0=v0))
+        snn.set_spec(name, base[name].replace(threshold=th, v0=_v0(th, options)))
     snn.decode_window = window
+    ctx.report["notes"].extend(data["notes"][best])
     snn.report["ltb_iterations"] = best
     snn.report["ltb_candidates"] = {str(k): {"agreement": round(a, 4), "mse": round(e, 6)}
                                     for k, (a, e) in scores.items()}

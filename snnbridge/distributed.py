@@ -71,7 +71,8 @@ def init_from_environment() -> bool:
     return True
 
 
-def _comm_device(t: torch.Tensor) -> torch.device:
+def _comm_device() -> torch.device:
+    """Where collectives run: this rank's current GPU under NCCL, else the CPU."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -80,7 +81,7 @@ def _comm_device(t: torch.Tensor) -> torch.device:
 def _reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not active():
         return t
-    work = t.detach().to(_comm_device(t)).clone()
+    work = t.detach().to(_comm_device()).clone()
     dist.all_reduce(work, op=op)
     return work.to(t.device)
 
@@ -115,7 +116,7 @@ def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
     if not active():
         return rows
     world = world_size()
-    dev = _comm_device(rows)
+    dev = _comm_device()
     sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([rows.shape[1]], dtype=torch.long, device=dev))
     n_max = max(int(s) for s in sizes)
@@ -277,7 +278,7 @@ def sync_buffers(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
     """
     if active():
         for buf in module.buffers():
-            work = buf.detach().to(_comm_device(buf)).clone()
+            work = buf.detach().to(_comm_device()).clone()
             dist.broadcast(work, src=src)
             buf.data.copy_(work.to(buf.device))
     return module

@@ -66,6 +66,11 @@ def test_v0_is_half_threshold_and_dead_channels_are_silenced():
     torch.testing.assert_close(spec.v0, 0.5 * spec.threshold)
     assert float(spec.threshold[1]) == pytest.approx(1e-6)
     assert any("never activated" in n for n in snn.report["notes"])
+    # iterations: auto says it for the candidate it keeps (and only once)
+    auto = snnbridge.convert(_relu_head(2), [{"ltb": {"candidates": [1, 2], "delayed_evaluation": False}}],
+                             calibration=[batch, batch], timesteps=4, progress=False)
+    assert float(auto.specs["0"].threshold[1]) == pytest.approx(1e-6)
+    assert sum("never activated" in n for n in auto.report["notes"]) == 1
     assert snnbridge.build_recipe(["ltb"]).entries[0].info.provides == ("threshold", "v0_base")
 
 
