@@ -265,3 +265,64 @@ def test_light_bias_correction_goes_into_the_snn_copy_only(trained):
     changed = {n for n, p in snn.graph_module.named_parameters() if n.endswith("bias") and not torch.equal(p, ref[n])}
     assert changed  # BC wrote into the SNN copy's biases
     torch.testing.assert_close(net(dd.test_set()[0][:8]), dd.trained_net()(dd.test_set()[0][:8]))
+
+
+# -- WC's fast paths equal the expressions they replace ---------------------------------------------------------
+
+def _wc_reference_loss(z, a, th, T, offset):
+    q = torch.clamp(z * T / th + offset, 0, T)
+    return ((((q.floor() - q).detach() + q) * th / T - a) ** 2).sum(1).mean()
+
+
+@pytest.mark.parametrize("shape,per_channel,offset", [((6, 4, 5, 5), True, 0.5), ((6, 4, 5, 5), False, 0.0),
+                                                      ((9, 3), True, 0.0)])
+def test_wc_loss_and_gradient_equal_autograd_on_the_official_expression(shape, per_channel, offset):
+    from snnbridge.plugins.calibration import _QuantizedSquaredError
+
+    g = torch.Generator().manual_seed(0)
+    T = 8
+    th = (torch.rand(shape[1], generator=g) + 0.5).reshape(1, -1, *[1] * (len(shape) - 2)) if per_channel else 1.25
+    z = torch.randn(shape, generator=g) * 1.5
+    z.view(-1)[:4] = torch.tensor([0.0, -offset * (th if isinstance(th, float) else 1.0), 3.0, -1.0])  # clip edges
+    a = torch.rand(shape, generator=g)
+    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    ref = _wc_reference_loss(z1, a, th, T, offset)
+    ref.backward()
+    up, down = (T / th, th / T)
+    got = _QuantizedSquaredError.apply(z2, a, up, down, offset, T)
+    got.backward()
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0)
+    assert torch.allclose(z2.grad, z1.grad, rtol=1e-5, atol=1e-9)
+    assert (z1.grad == 0).any() and (z1.grad != 0).any()  # both sides of the clip are exercised
+
+
+@pytest.mark.parametrize("k,size,groups,bias", [(2, 8, 1, True), (2, 7, 2, False), (3, 9, 1, True)])
+def test_folded_average_pool_equals_conv_then_pool_with_its_gradient(k, size, groups, bias):
+    from snnbridge.plugins.calibration import _fold_average_pool
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=groups, bias=bias)
+    pool = nn.AvgPool2d(k)
+    fast = _fold_average_pool(conv, [pool])
+    assert fast is not None
+    x = torch.rand(3, 4, size, size)
+    w1, w2 = conv.weight.detach().clone().requires_grad_(True), conv.weight.detach().clone().requires_grad_(True)
+    ref = pool(F.conv2d(x, w1, conv.bias, padding=1, groups=groups))
+    got = fast(w2, x)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-6)
+    (ref * torch.arange(ref.numel()).reshape(ref.shape)).sum().backward()
+    (got * torch.arange(got.numel()).reshape(got.shape)).sum().backward()
+    assert torch.allclose(w2.grad, w1.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer,post", [(nn.Conv2d(2, 2, 3, stride=2, padding=1), [nn.AvgPool2d(2)]),
+                                        (nn.Conv2d(2, 2, 3, padding=1), [nn.AvgPool2d(2, padding=1)]),
+                                        (nn.Conv2d(2, 2, 3, padding=1), [nn.AvgPool2d(2, stride=1)]),
+                                        (nn.Conv2d(2, 2, 3, padding=1), [nn.MaxPool2d(2)]),
+                                        (nn.Conv2d(2, 2, 3, padding=1), [nn.AvgPool2d(2), nn.AvgPool2d(2)]),
+                                        (nn.Linear(2, 2), [])])
+def test_pool_folding_declines_what_it_cannot_fold(layer, post):
+    from snnbridge.plugins.calibration import _fold_average_pool
+
+    assert _fold_average_pool(layer, post) is None
