@@ -192,7 +192,9 @@ def table(results, Ts):
     for label, res in results["methods"].items():
         rows.append([label, *[f"{100 * res['accuracy'][str(t)]:.2f}" for t in Ts], conv_time(res)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i in (0, len(r) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i in (0, len(r) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]])
 
 

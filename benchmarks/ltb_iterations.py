@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import snnbridge  # noqa: E402
 from examples.cifar10 import data as cdata  # noqa: E402
 from examples.cifar10 import model as cmodel  # noqa: E402
-
-import snnbridge  # noqa: E402
 
 RECIPES = {"auto": ["ltb"], "one pass": [{"ltb": {"iterations": None}}], "K=128": [{"ltb": {"iterations": 128}}]}
 

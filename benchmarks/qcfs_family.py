@@ -27,7 +27,7 @@ Steps (each can be run alone, heavy ones under the shared CPU lock)::
     flock /tmp/snnbridge-cpu.lock .venv/bin/python benchmarks/qcfs_family.py --train qcfs-L4
     flock /tmp/snnbridge-cpu.lock .venv/bin/python benchmarks/qcfs_family.py --train qcfs-L8
     flock /tmp/snnbridge-cpu.lock .venv/bin/python benchmarks/qcfs_family.py --train clipshift
-    flock /tmp/snnbridge-cpu.lock .venv/bin/python benchmarks/qcfs_family.py          # trains what is missing, evaluates
+    flock /tmp/snnbridge-cpu.lock .venv/bin/python benchmarks/qcfs_family.py  # trains what is missing, evaluates
 
 Trained weights go to ``--ckpt-dir`` (default ``runs/qcfs_family``, reused when the training
 options match); ``qcfs_family.json`` and ``qcfs_family.png`` go to ``--out``
@@ -224,9 +224,11 @@ def format_table(results) -> str:
                 cells.append(f"{acc:.2f}" + ("" if s == t else f" ({s})"))
             lines.append([net["network"], r["recipe"]] + cells)
         lines.append([net["network"], "ANN"] + [f"{100 * net['ann_accuracy']:.2f}"] * len(ts))
-    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
-    fmt = lambda l: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths)))
-    return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths)] + [fmt(l) for l in lines[1:]])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths)] + [fmt(row) for row in lines[1:]])
 
 
 def plot(results, path: Path) -> None:

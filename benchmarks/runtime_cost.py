@@ -121,8 +121,9 @@ def _measure_peak(spec: str, device) -> None:
             fn = lambda: ann(x)  # noqa: E731
         elif impl.startswith("snnbridge/"):
             b = impl.removeprefix("snnbridge/")
+            options = {"compile": True} if b.endswith("+compile") else None
             snn = snnbridge.convert(ann, ["maxnorm"], calibration=calib, backend=b.split("+")[0], timesteps=T,
-                                    progress=False, backend_options={"compile": True} if b.endswith("+compile") else None)
+                                    progress=False, backend_options=options)
             fn = lambda: snn(x)  # noqa: E731
         else:
             fn = sj_runner(spikingjelly_model(ann, calib), x, T, "s" if "single" in impl else "m")
@@ -172,8 +173,8 @@ def runtime_grid(args, device) -> list[dict]:
                     for b in args.backends}
             for B in args.batches:
                 x = torch.rand(B, 3, 32, 32, generator=g).to(device)
-                impls = {"ANN": lambda: ann(x)}
-                impls.update({f"snnbridge/{b}": (lambda s=s: s(x)) for b, s in snns.items()})
+                impls = {"ANN": lambda ann=ann, x=x: ann(x)}
+                impls.update({f"snnbridge/{b}": (lambda s=s, x=x: s(x)) for b, s in snns.items()})
                 impls["SJ single-step"] = sj_runner(sj, x, T, "s")
                 impls["SJ multi-step"] = sj_runner(sj, x, T, "m")
                 times: dict[str, float] = {}
@@ -230,8 +231,7 @@ def conversion_times(args, device) -> list[dict]:
           f"{args.calib_batch}:", flush=True)
     for label in args.recipes:
         recipe = CONVERSION_RECIPES[label]
-        t_specific = any(snnbridge.build_recipe(recipe).registry.info(list(e)[0] if isinstance(e, dict) else e).t_specific
-                         for e in recipe)
+        t_specific = any(e.info.t_specific for e in snnbridge.build_recipe(recipe).entries)
         for T in (args.conversion_timesteps if t_specific else [args.conversion_timesteps[0]]):
             t = time.perf_counter()
             snnbridge.convert(ann, recipe, calibration=calib, timesteps=T, progress=False)

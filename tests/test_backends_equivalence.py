@@ -17,9 +17,8 @@ import pytest
 import torch
 
 import snnbridge
-from snnbridge import BackendError, NeuronSpec, OptionError, simulate
-
 from helpers import zoo
+from snnbridge import BackendError, NeuronSpec, OptionError, simulate
 
 BACKENDS = ("torch", "spikingjelly", "snntorch")
 RECIPES = {

@@ -17,18 +17,33 @@ from __future__ import annotations
 import itertools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import snnbridge
-from snnbridge import (BackendError, CalibrationError, InputError, MissingRequirementError, ModelLoadError,
-                       NeuronSpec, OptionError, PluginConflictError, PluginError, PluginLoadError, RecipeParseError,
-                       SnnFileError, UnknownPluginError, UnsupportedModelError, hookimpl)
+from snnbridge import (
+    BackendError,
+    CalibrationError,
+    InputError,
+    MissingRequirementError,
+    ModelLoadError,
+    NeuronSpec,
+    OptionError,
+    PluginConflictError,
+    PluginError,
+    PluginLoadError,
+    RecipeParseError,
+    SnnFileError,
+    UnknownPluginError,
+    UnsupportedModelError,
+    hookimpl,
+)
 from snnbridge.loading import load_checkpoint, load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import snnbridge
-from snnbridge import PluginInfo, hookimpl
-
 from helpers import data_driven as dd
 from helpers.plugins import fixed_threshold
+from snnbridge import PluginInfo, hookimpl
 
 BACKENDS = snnbridge.get_registry().names("backend")
 

@@ -17,10 +17,9 @@ import pytest
 import torch
 
 import snnbridge
+from helpers import zoo
 from snnbridge.cli import main
 from snnbridge.data import DataError, open_image_folder
-
-from helpers import zoo
 
 TESTS = Path(__file__).resolve().parent
 

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 import snnbridge
-from snnbridge.plugins.clipshift import ThresholdReLU
-
 from helpers.qcfs_family import BACKENDS, one_site, spike_counts
+from snnbridge.plugins.clipshift import ThresholdReLU
 
 
 def one_clip_site(y_th: float = 1.0) -> nn.Module:

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 import snnbridge
-from snnbridge.plugins.cos import OffsetSpikeCalibration
-from snnbridge import PresimRecord
-
 from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, reference_cos
+from snnbridge import PresimRecord
+from snnbridge.plugins.cos import OffsetSpikeCalibration
 
 # G6 inputs (theta = 1, rho = T = 4, v0 = 1/2), one neuron per sample
 G6_X = torch.tensor([[0.9, 0.9, -0.8, -0.8],

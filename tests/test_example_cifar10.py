@@ -163,7 +163,7 @@ def test_not_found_and_wrong_layout_errors(tmp_path, monkeypatch):
 def test_model_factory_is_importable_and_runs():
     import importlib
 
-    factory = getattr(importlib.import_module("examples.cifar10.model"), "make_model")
+    factory = importlib.import_module("examples.cifar10.model").make_model
     assert factory is make_model
     m = make_model().eval()
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import snnbridge
+from helpers import zoo
 from snnbridge.context import calibration_batches
 from snnbridge.errors import CalibrationError, TimestepError
 from snnbridge.plots import layer_report_figure, layer_report_title, recipe_label, run_title
-
-from helpers import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,9 @@ import torch
 from spikingjelly.activation_based import functional, monitor, neuron
 
 import snnbridge
-from snnbridge import InputError
-
 from helpers import zoo
 from helpers.sj_legacy import REPO, legacy_env
+from snnbridge import InputError
 
 T = 7  # with time_chunk = 3: chunks of 3, 3, 1
 NEURONS = (neuron.IFNode, neuron.ActivationAwareIFNode)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import snnbridge
-
 from helpers import data_driven as dd
 
 BACKENDS = snnbridge.get_registry().names("backend")

@@ -10,10 +10,17 @@ import pytest
 import torch
 
 import snnbridge
-from snnbridge import (EMAMaxObserver, MaxObserver, MeanObserver, PercentileObserver, ReservoirObserver,
-                       TimestepCheck, TimestepMismatchWarning, hookimpl)
-
 from helpers import zoo
+from snnbridge import (
+    EMAMaxObserver,
+    MaxObserver,
+    MeanObserver,
+    PercentileObserver,
+    ReservoirObserver,
+    TimestepCheck,
+    TimestepMismatchWarning,
+    hookimpl,
+)
 
 
 def _feed(observer, *batches):

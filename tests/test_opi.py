@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import snnbridge
-
 from helpers.qcfs_family import BACKENDS, qcfs_mlp
 
 

@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import snnbridge
+from helpers import zoo
 from snnbridge import plugin_manager
 from snnbridge.cli import main
 from snnbridge.plugin_manager import PluginLoadWarning, Registry
-
-from helpers import zoo
 
 GOOD = '''
 from snnbridge import Option, PluginInfo, hookimpl

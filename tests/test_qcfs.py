@@ -8,10 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import snnbridge
+from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, spike_counts
 from snnbridge.plugins.qcfs import QCFS
-
-from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, set_lambdas, spike_counts
-
 
 # -- G1, G2: the activation ------------------------------------------------------------------------------
 

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import snnbridge
+from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, reference_srp
+from snnbridge import PresimRecord
 from snnbridge.plugins.qcfs import QCFS
 from snnbridge.plugins.srp import ResidualPotentialMask
-from snnbridge import PresimRecord
-
-from helpers.qcfs_family import BACKENDS, one_site, qcfs_mlp, reference_srp
 
 G7_X = torch.tensor([[0.9, 0.9, -0.8, -0.8],
                      [0.3, 0.3, 0.3, 0.3],

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import snnbridge
-
 from helpers import data_driven as dd
 
 BACKENDS = snnbridge.get_registry().names("backend")

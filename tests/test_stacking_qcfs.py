@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import snnbridge
-
 from helpers.qcfs_family import BACKENDS, qcfs_mlp, reference_srp
 
 # -- COS + SRP semantics ------------------------------------------------------------------------------------

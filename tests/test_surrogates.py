@@ -19,11 +19,21 @@ import pytest
 import torch
 
 import snnbridge
-from snnbridge import (BackendError, InputError, MissingRequirementError, NeuronSpec, OptionError, PluginConflictError,
-                       PluginError, Surrogate, UnknownPluginError, hookimpl, simulate)
-
 from helpers import zoo
 from helpers.plugins import module_plugin
+from snnbridge import (
+    BackendError,
+    InputError,
+    MissingRequirementError,
+    NeuronSpec,
+    OptionError,
+    PluginConflictError,
+    PluginError,
+    Surrogate,
+    UnknownPluginError,
+    hookimpl,
+    simulate,
+)
 
 BACKENDS = ("torch", "spikingjelly", "snntorch")
 N = 100_000
@@ -230,8 +240,8 @@ def test_per_channel_spikingjelly_site_trains_with_genuine_neurons():
 
 
 def test_framework_natives_match_the_classic_shapes():
-    from spikingjelly.activation_based import surrogate as sj
     from snntorch import surrogate as st
+    from spikingjelly.activation_based import surrogate as sj
 
     g = torch.Generator().manual_seed(2)
     x = torch.rand(5, 2, 6, generator=g, dtype=torch.float64) * 0.6
@@ -350,8 +360,8 @@ def test_a_training_recipe_serves_the_surrogate():
 
 
 def test_framework_errors_and_mismatches():
-    from spikingjelly.activation_based import surrogate as sj
     from snntorch import surrogate as st
+    from spikingjelly.activation_based import surrogate as sj
 
     with pytest.raises(UnknownPluginError, match="Did you mean 'snntorch'"):
         snnbridge.surrogate("sg", framework="snntroch")

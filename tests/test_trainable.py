@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import snnbridge
-from snnbridge import BackendError
-
 from helpers import zoo
+from snnbridge import BackendError
 
 BACKENDS = ("torch", "spikingjelly", "snntorch")
 

@@ -21,14 +21,13 @@ import torch
 import yaml
 
 import snnbridge
+from helpers import data_driven as dd
+from helpers import zoo
+from helpers.qcfs_family import qcfs_mlp
 from snnbridge import PluginInfo, hookimpl
 from snnbridge.cli import main
 from snnbridge.options import resolve_options
 from snnbridge.tune import candidate_recipes
-
-from helpers import data_driven as dd
-from helpers import zoo
-from helpers.qcfs_family import qcfs_mlp
 
 SINGLES = [["maxnorm"], ["robustnorm"], ["ltb"], ["snn_calibration"]]
 STACKS = [["maxnorm", "opi"], ["robustnorm", "opi"], ["robustnorm", "opi", "ftbc"], ["ltb", "ftbc"]]

@@ -30,8 +30,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset

@@ -18,7 +18,7 @@ Use it on the command line as ``examples.cifar10.model:make_model`` (run from th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -28,7 +28,7 @@ DEFAULT_WIDTHS: tuple = (32, 64, 128)
 
 
 class CifarCNN(nn.Module):
-    """VGG-style stages of ``conv3x3 -> BN [-> ReLU -> conv3x3 -> BN ...] -> AvgPool2d(2) -> ReLU``, then a Linear head."""
+    """VGG-style stages ``conv3x3 -> BN [-> ReLU -> conv3x3 -> BN ...] -> AvgPool2d(2) -> ReLU``, a Linear head."""
 
     def __init__(self, widths: Sequence = DEFAULT_WIDTHS, num_classes: int = 10, in_channels: int = 3,
                  image_size: int = 32):

@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from snnbridge import (Adjustment, MeanObserver, Option, PluginInfo, SiteCorrection, channels, hookimpl)
+from snnbridge import Adjustment, MeanObserver, Option, PluginInfo, SiteCorrection, channels, hookimpl
 
 NAME = "meanmatch"
 

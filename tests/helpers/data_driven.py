@@ -6,7 +6,7 @@ built in the test process from seeds: no downloads, a few seconds on one CPU cor
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,7 @@ def total(errors: dict[str, dict[str, float]], key: str) -> float:
     return sum(e[key] for e in errors.values())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained_for_state(recipe_key: str):
     """State of the trained network prepared with a training-activation plugin and fine-tuned for 60 steps."""
     import json

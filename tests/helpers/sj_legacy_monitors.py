@@ -59,6 +59,7 @@ def case(recipe) -> dict:
 
 def main():
     import spikingjelly.activation_based.neuron as sjn
+
     from snnbridge.adapters.spikingjelly import generation
 
     print("SJ_LEGACY_MONITORS " + json.dumps({
