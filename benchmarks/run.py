@@ -31,8 +31,7 @@ Cost, measured on 2 shared CPU cores: training a ReLU network takes 150-300 s pe
 fine-tune 10 epochs; evaluating one ReLU network with everything takes on the order of 10 hours (a sweep to
 T = 64 over the 10,000 images 10-25 minutes, a per-T recipe about twice that plus its conversions: ltb about
 2 minutes per T, ``snn_calibration advanced`` about 15 minutes per T). Run it in parts (``--networks``,
-``--methods``, ``--resume``), with ``--compile`` (the torch backend's fused neuron update: the same spikes,
-about 13 % less time on CPU) or on a GPU (``--device cuda``, the default when torch sees one).
+``--methods``, ``--resume``) or on a GPU (``--device cuda``, the default when torch sees one).
 """
 
 from __future__ import annotations
@@ -147,11 +146,6 @@ def is_per_t(method: Method) -> bool:
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
-def backend_options(args) -> dict | None:
-    """``--compile``: the torch backend's fused neuron update (bit-identical spikes, ~10 s to compile once)."""
-    return {"compile": True} if getattr(args, "compile", False) else None
-
-
 def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: dict | None, save) -> dict:
     """Accuracy of one method at every T; ``entry`` is a partial result to continue (per-T methods)."""
     per_t = is_per_t(method)
@@ -165,7 +159,7 @@ def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: 
         t_max = max(Ts)
         t0 = time.perf_counter()
         snn = snnbridge.convert(model, method.recipe, calibration=calib, timesteps=t_max, backend=args.backend,
-                                progress=False, seed=args.seed, backend_options=backend_options(args))
+                                progress=False, seed=args.seed)
         res["conversion_seconds"] = {"all": round(time.perf_counter() - t0, 2)}
         t0 = time.perf_counter()
         curve = common.sweep_curve(snn, test, t_max, args.eval_batch_size, progress=args.progress)
@@ -180,7 +174,7 @@ def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: 
                 continue
             t0 = time.perf_counter()
             snn = snnbridge.convert(model, method.recipe, calibration=calib, timesteps=T, backend=args.backend,
-                                    progress=False, seed=args.seed, backend_options=backend_options(args))
+                                    progress=False, seed=args.seed)
             res["conversion_seconds"][str(T)] = round(time.perf_counter() - t0, 2)
             t0 = time.perf_counter()
             res["accuracy"][str(T)] = common.acc_at(snn, test, T, args.eval_batch_size)
@@ -430,8 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sj-batch-size", type=int, default=50, help="test images per SpikingJelly run (it repeats the "
                                                                  "input T times)")
     p.add_argument("--backend", default="torch", help="neuron backend (all give identical spikes)")
-    p.add_argument("--compile", action="store_true", help="torch backend: fuse the neuron update with torch.compile "
-                                                          "(the same spikes bit for bit, faster on long runs)")
     p.add_argument("--data", default=None, help="CIFAR-10 archive or folder (default: the example's lookup)")
     p.add_argument("--checkpoints", default=None, help="trained networks, the cache (default: benchmarks/checkpoints; "
                                                        "--smoke: a new temporary folder)")
@@ -509,8 +501,6 @@ def _main(argv: list[str]) -> dict:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA GPU; use --device cpu")
-    if args.compile and args.backend != "torch":
-        p.error(f"--compile is an option of the torch backend, not of {args.backend!r}")
     if args.backend not in snnbridge.get_registry().names("backend"):
         p.error(f"backend {args.backend!r} is not installed; installed: "
                 f"{', '.join(snnbridge.get_registry().names('backend'))}")
@@ -538,8 +528,7 @@ def _main(argv: list[str]) -> dict:
     slug = machine_slug()
     path = out / f"{time.strftime('%Y-%m-%d')}-{slug}.json"
     config = {"timesteps": Ts, "test_samples": len(data.x_test), "calib_samples": len(data.x_calib),
-              "calib_batch": args.calib_batch, "backend": args.backend, "compile": args.compile, "seed": args.seed,
-              "data": data.ident,
+              "calib_batch": args.calib_batch, "backend": args.backend, "seed": args.seed, "data": data.ident,
               "eval_batch_size": args.eval_batch_size, "threads": torch.get_num_threads(), "smoke": args.smoke,
               "device": args.device,
               "training": nets.describe(training)}

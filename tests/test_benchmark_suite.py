@@ -242,12 +242,6 @@ def test_bad_names_are_refused_with_the_choices():
         suite.main(["--smoke", "--methods", "robustnorm,nosuchmethod"])
 
 
-def test_compile_is_refused_for_a_backend_without_it(capsys):
-    with pytest.raises(SystemExit):
-        suite.main(["--smoke", "--backend", "snntorch", "--compile"])
-    assert "--compile is an option of the torch backend, not of 'snntorch'" in capsys.readouterr().err
-
-
 def test_module_entry_and_scripts_still_run_as_files():
     for cmd in ([sys.executable, "-m", "benchmarks", "--help"],
                 [sys.executable, "benchmarks/data_driven.py", "--help"]):
