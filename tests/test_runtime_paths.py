@@ -145,3 +145,33 @@ def test_compiled_neuron_update_is_bit_identical_to_eager(small_resnet, calib_ba
         compiled.time_chunk = 3
         assert torch.equal(compiled.run(test_input), eager.run(test_input))
     assert not torch_ref._compiled["failed"], "torch.compile fell back to eager: the compiled path was not tested"
+
+
+_SYNCING = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist", "cpu", "numpy")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_host_sync_per_step(converted, test_input, backend, monkeypatch):
+    """On a GPU each read of a tensor value on the host (bool(t), t.item(), .cpu(), ...) waits for the device;
+    the runtime may do that once per call (input checks) but never once per step: the count must not grow
+    with T, for forward and sweep."""
+    calls = {"n": 0}
+    for name in _SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            calls["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    snn = converted[backend]
+    counts = {}
+    with torch.no_grad():
+        for T in (4, 16):
+            for run in ("forward", "sweep"):
+                calls["n"] = 0
+                snn(test_input, timesteps=T) if run == "forward" else snn.sweep(test_input, timesteps=T)
+                counts[run, T] = calls["n"]
+    assert counts["forward", 4] == counts["forward", 16], counts
+    assert counts["sweep", 4] == counts["sweep", 16], counts
+    assert 1 <= counts["forward", 4] <= 8, counts  # the input check reads one value; a handful per call at most
