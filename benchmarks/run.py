@@ -459,9 +459,11 @@ def main(argv: list[str] | None = None) -> dict:
     before = os.environ.get("TQDM_DISABLE")
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # SpikingJelly's own bars too
+    threads = torch.get_num_threads()  # _main sets its own; a caller (a test, a notebook) gets its count back
     try:
         return _main(argv)
     finally:
+        torch.set_num_threads(threads)
         if quiet:
             os.environ.pop("TQDM_DISABLE", None) if before is None else os.environ.update(TQDM_DISABLE=before)
 
