@@ -62,6 +62,7 @@ from examples.cifar10.run import versions  # noqa: E402
 RESULTS_FORMAT = 1
 TIMESTEPS = (1, 2, 4, 8, 16, 32, 64)
 ROBUST = {"robustnorm": {"percentile": 99.9}}
+ROBUST_CW = {"robustnorm": {"percentile": 99.9, "channelwise": True}}
 #: snn_calibration's advanced preset with the data_driven benchmark's cheaper weight calibration (the defaults,
 #: 5,000 Adam iterations per site on 1,024 images, cost about 2.5x more per T)
 ADVANCED = {"snn_calibration": {"preset": "advanced", "wc_samples": 512, "wc_iters": 2000}}
@@ -81,8 +82,11 @@ LTB_AUTO = "ltb's iterations: auto picks its K for the conversion's T"
 RELU_METHODS: dict[str, Method] = {
     "maxnorm": Method(["maxnorm"]),
     "robustnorm": Method([ROBUST]),
-    "robustnorm channel-wise": Method([{"robustnorm": {"percentile": 99.9, "channelwise": True}}]),
+    "robustnorm channel-wise": Method([ROBUST_CW]),
     "robustnorm+opi": Method([ROBUST, "opi"]),
+    # SpikingJelly's strongest built-in recipe (99.9 %, channel-wise, half threshold) is this one in snnbridge
+    "robustnorm channel-wise+opi": Method([ROBUST_CW, "opi"]),
+    "robustnorm channel-wise+ftbc": Method([ROBUST_CW, "ftbc"]),
     "snn_calibration": Method(["snn_calibration"]),
     "snn_calibration advanced": Method([ADVANCED]),
     "ltb": Method(["ltb"], per_t=True, why=LTB_AUTO),
