@@ -27,10 +27,10 @@ Outputs in ``--out``: ``<date>-<machine>.json`` (saved after every method and T;
 ``<date>-<machine>.md`` (a table per network, the best SNN per T in bold, and the targets) and
 ``<date>-<machine>-<network>.png`` (accuracy vs T).
 
-Cost, measured on 2 shared CPU cores: training a ReLU network takes 150-300 s per epoch (30 epochs), a QCFS
-fine-tune 10 epochs; evaluating one ReLU network with everything takes on the order of 10 hours (a sweep to
-T = 64 over the 10,000 images 10-25 minutes, a per-T recipe about twice that plus its conversions: ltb about
-2 minutes per T, ``snn_calibration advanced`` about 15 minutes per T). Run it in parts (``--networks``,
+Cost, measured on 2 CPU cores: a VGG ReLU epoch takes 91-120 s on idle cores (30 epochs), a QCFS fine-tune
+10 epochs; on the VGG to T = 32 over the 10,000 images a sweep takes about 2.5 minutes and SpikingJelly's
+converters about 3 each, a per-T recipe 5-10 minutes plus its conversions (``ltb`` 15-19 s per T, ``ltb +
+ftbc`` 15-310 s per T on 2,048 images; 2026-12-02 run); T = 64 doubles the sweeps. Run it in parts (``--networks``,
 ``--methods``, ``--resume``) or on a GPU (``--device cuda``, the default when torch sees one).
 """
 

@@ -272,7 +272,7 @@ class _QuantizedSquaredError(torch.autograd.Function):
 
 
 def _fold_average_pool(layer, post):
-    """``AvgPool2d(k)(conv(x; w))`` as one conv: the 3x3, stride-1 kernel convolved with a ``k x k`` box of
+    """``AvgPool2d(k)(conv(x; w))`` as one conv: the stride-1 kernel convolved with a ``k x k`` box of
     ``1/k^2`` and applied with stride ``k`` (identical up to rounding; 2-3x faster per WC iteration on CPU at
     32x32 and 16x16 maps, slower at 8x8, hence the size rule). None where the pattern does not apply."""
     if not (isinstance(layer, torch.nn.Conv2d) and len(post) == 1 and type(post[0]) is torch.nn.AvgPool2d):
@@ -372,7 +372,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
             first = loss.detach()  # kept as a tensor: no host sync per iteration on a GPU
     with torch.no_grad():
         layer.weight.data.copy_(weight.detach())
-    if first is not None and loss is not None:
+    if first is not None and loss is not None:  # both set together; loss narrows for mypy
         last = float(loss.detach())
         notes.append(f"{NAME}: WC at site {name} ({feed.name}): loss {float(first):.4g} -> {last:.4g} over {iters} "
                      f"iterations")
