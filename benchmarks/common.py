@@ -8,9 +8,12 @@ Test data are uint8 image tensors with labels, ``test = (x_u8, y)``, normalised 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import importlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -86,11 +89,40 @@ def window_curve(per_step: torch.Tensor, y: torch.Tensor, T: int,
     return curve
 
 
+#: SpikingJelly 2.0's recipe modules that wrap the calibration loader in a tqdm bar of their own
+SJ_TQDM_MODULES = ("spikingjelly.activation_based.ann2snn.recipes.rate_coding",
+                   "spikingjelly.activation_based.ann2snn.recipes.local_threshold_balancing")
+
+
+@contextlib.contextmanager
+def sj_progress(enabled: bool) -> Iterator[None]:
+    """SpikingJelly's calibration bars on or off: its recipes take no such option, so with ``enabled=False`` their
+    module-level ``tqdm`` is swapped for a disabled one for the duration (restored after, whatever happens)."""
+    if enabled:
+        yield
+        return
+    saved = []
+    for name in SJ_TQDM_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # another SpikingJelly layout: nothing to silence there
+            continue
+        if hasattr(mod, "tqdm"):
+            saved.append((mod, mod.tqdm))
+            mod.tqdm = functools.partial(mod.tqdm, disable=True)
+    try:
+        yield
+    finally:
+        for mod, bar in saved:
+            mod.tqdm = bar
+
+
 def run_spikingjelly(model, calib: list[torch.Tensor], test, T: int, bs: int, labels: Iterable[str] = SJ_LABELS,
-                     log: Callable[[str], None] = print) -> dict[str, dict]:
+                     log: Callable[[str], None] = print, progress: bool = True) -> dict[str, dict]:
     """SpikingJelly 2.0's converters (``SJ_LABELS``) on ``model`` with the same calibration batches, each read out
     at every step 1..T from one multi-step run: ``{label: {"kind": "sweep", "curve", "conversion_seconds":
-    {"all": s}, "eval_seconds"}}`` (the delayed-readout variant adds ``delay_start`` per T)."""
+    {"all": s}, "eval_seconds"}}`` (the delayed-readout variant adds ``delay_start`` per T). ``progress=False``
+    silences SpikingJelly's own calibration bars."""
     from spikingjelly.activation_based import ann2snn, functional
 
     labels = list(labels)
@@ -105,7 +137,8 @@ def run_spikingjelly(model, calib: list[torch.Tensor], test, T: int, bs: int, la
     out: dict[str, dict] = {}
     for label, make in recipes.items():
         t0 = time.perf_counter()
-        sj = ann2snn.Converter(make()).convert(copy.deepcopy(model))
+        with sj_progress(progress):
+            sj = ann2snn.Converter(make()).convert(copy.deepcopy(model))
         conv = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         per_step = sj_outputs(sj, test, T, bs)  # multi-step: [T, B, ...] in one call

@@ -243,7 +243,8 @@ def evaluate_network(name: str, model, meta: dict, data: nets.Data, results: dic
     if sj_todo:
         bar.set_postfix_str("SpikingJelly")
         try:
-            out = common.run_spikingjelly(model, calib, test, max(Ts), args.sj_batch_size, sj_todo, log=tqdm.write)
+            out = common.run_spikingjelly(model, calib, test, max(Ts), args.sj_batch_size, sj_todo, log=tqdm.write,
+                                            progress=args.progress)
             for lbl, res in out.items():
                 res.update(accuracy={str(t): res["curve"][t - 1] for t in Ts}, steps_run={str(t): t for t in Ts},
                            complete=True, recipe=lbl)

@@ -248,3 +248,41 @@ def test_module_entry_and_scripts_still_run_as_files():
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "usage:" in done.stdout
+
+
+def test_option_sweep_scores_on_training_images_the_calibration_never_saw_and_its_recipes_build():
+    import numpy as np
+
+    from benchmarks import option_sweep
+
+    class Items(torch.utils.data.Dataset):  # torchvision CIFAR10's layout; the label is the index
+        def __init__(self, n):
+            self.data = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+            self.targets = list(range(n))
+
+        def __len__(self):
+            return len(self.targets)
+
+    train = Items(300)
+    calib = nets.cdata.seeded_subset(train, 100, 2)
+    picked = option_sweep.validation(train, set(calib.indices), 150, seed=123)
+    again = option_sweep.validation(train, set(calib.indices), 150, seed=123)
+    assert torch.equal(picked[1], again[1])  # seeded
+    labels = picked[1].tolist()
+    assert len(set(labels)) == 150 and not set(labels) & set(calib.indices)
+    for group in option_sweep.GROUPS.values():
+        for recipe in group.values():
+            snnbridge.build_recipe(recipe)  # every variant names real plugins and valid options
+
+
+def test_sj_progress_off_disables_spikingjelly_calibration_bars_and_restores_them():
+    from spikingjelly.activation_based.ann2snn.recipes import local_threshold_balancing, rate_coding
+
+    before = rate_coding.tqdm, local_threshold_balancing.tqdm
+    with pytest.raises(RuntimeError, match="inside"):
+        with common.sj_progress(False):
+            assert rate_coding.tqdm([1, 2]).disable and local_threshold_balancing.tqdm([1]).disable
+            raise RuntimeError("inside")
+    assert (rate_coding.tqdm, local_threshold_balancing.tqdm) == before  # restored even after an error
+    with common.sj_progress(True):
+        assert not rate_coding.tqdm([1, 2], file=open(os.devnull, "w")).disable
