@@ -286,3 +286,20 @@ def test_sj_progress_off_disables_spikingjelly_calibration_bars_and_restores_the
     assert (rate_coding.tqdm, local_threshold_balancing.tqdm) == before  # restored even after an error
     with common.sj_progress(True):
         assert not rate_coding.tqdm([1, 2], file=open(os.devnull, "w")).disable
+
+
+def test_option_sweep_quantized_ann_rounds_each_activation_to_T_levels_of_the_snn_threshold():
+    from benchmarks import option_sweep
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU(), torch.nn.Linear(1, 1))
+    with torch.no_grad():
+        for lin in (net[0], net[2]):
+            lin.weight.fill_(1.0)
+            lin.bias.zero_()
+    x = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.7], [1.0], [-0.5]])
+    snn = snnbridge.convert(net, ["maxnorm"], calibration=[x], timesteps=4, progress=False)  # theta = 1.0
+    q = option_sweep.quantized_ann(net, snn, 4)
+    # a * 4 + 1/2 = 0.5, 0.9, 1.3, 1.7, 3.3, 4.5, -1.5; floored and clamped to 0..4: 0, 0, 1, 1, 3, 4, 0; over 4
+    expected = torch.tensor([[0.0], [0.0], [0.25], [0.25], [0.75], [1.0], [0.0]])
+    torch.testing.assert_close(q(x), expected)
+    torch.testing.assert_close(net(x), torch.relu(x))  # the user's model is untouched
