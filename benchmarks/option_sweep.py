@@ -33,6 +33,9 @@ from benchmarks import networks as nets  # noqa: E402
 from examples.cifar10 import data as cdata  # noqa: E402
 
 RCW = {"percentile": 99.9, "channelwise": True}
+#: the suite's cheaper weight calibration (benchmarks/run.py's ADVANCED)
+WC = {"wc_samples": 512, "wc_iters": 2000}
+WC_ADVANCED = {"snn_calibration": {"preset": "advanced", **WC}}
 #: named groups of variants: label -> recipe
 GROUPS: dict[str, dict[str, list]] = {
     "ftbc": {  # FTBC's budget (batches x iterations) after the two best threshold sources
@@ -51,6 +54,12 @@ GROUPS: dict[str, dict[str, list]] = {
         "ltb + ftbc": ["ltb", "ftbc"],
         "robustnorm cw + opi + ftbc": [{"robustnorm": RCW}, "opi", "ftbc"],
         "ltb (no delayed evaluation) + ftbc": [{"ltb": {"delayed_evaluation": False}}, "ftbc"],
+    },
+    "weights": {  # weight calibration (SNN Calibration's WC fits the weights to the quantized neuron), with FTBC
+        "snn_calibration advanced (wc 512 x 2000)": [WC_ADVANCED],
+        "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, {"snn_calibration": {**WC, "steps": ["wc"]}},
+                                                      "ftbc"],
+        "ltb + snn_calibration wc + ftbc": ["ltb", {"snn_calibration": {**WC, "steps": ["wc"]}}, "ftbc"],
     },
     "bound": {},  # only the rate-code bound (--bound implied)
 }
