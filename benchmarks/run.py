@@ -335,7 +335,7 @@ def markdown(results: dict) -> str:
             vals = [r["accuracy"][str(t)] for r in net["methods"].values()
                     if "error" not in r and str(t) in r.get("accuracy", {})]
             best[t] = max(vals) if vals else None
-        for label, res in net["methods"].items():
+        for label, res in sorted(net["methods"].items(), key=lambda kv: kv[0].startswith("SJ ")):  # SJ last
             if "error" in res:
                 lines.append(f"| {label} | failed: {res['error'][:150]} |" + " |" * (len(Ts) - 1) + " - |")
                 continue
