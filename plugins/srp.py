@@ -19,8 +19,8 @@ and SRP").
 
 Default ``tau = 4`` (the official CIFAR setting); on the suite's QCFS L = 4 VGG (2,000 held-out
 training images, ``benchmarks/option_sweep.py --network vgg-qcfs4 --group qcfs-presim``) tau 2
-/ 4 / 8 score 85.6 / 89.3 / 89.7 % at T = 2 and 90.3 / 91.9 / 92.6 % at T = 4: 8 buys up to a
-point for four more steps per inference, 2 loses three; ``["qcfs", "cos"]`` beats both there.
+/ 4 / 8 score 85.6 / 89.3 / 89.7 % at T = 2 and 90.3 / 91.9 / 92.6 % at T = 4: 8 buys under a
+point for four more steps per inference, 2 loses 1.6-3.7; ``["qcfs", "cos"]`` beats both there.
 """
 
 from __future__ import annotations
