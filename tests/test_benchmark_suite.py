@@ -303,3 +303,19 @@ def test_option_sweep_quantized_ann_rounds_each_activation_to_T_levels_of_the_sn
     expected = torch.tensor([[0.0], [0.0], [0.25], [0.25], [0.75], [1.0], [0.0]])
     torch.testing.assert_close(q(x), expected)
     torch.testing.assert_close(net(x), torch.relu(x))  # the user's model is untouched
+
+
+def test_readme_block_copies_each_network_table_targets_and_plot_link(tmp_path):
+    from benchmarks import readme_block
+
+    md = tmp_path / "2026-01-01-box.md"
+    md.write_text("# suite\n\nintro\n\n"
+                  "## vgg\n\nANN test accuracy 86.00 %.\n\n| method | T=1 |\n|---|---|\n| ANN | 86.00 |\n\n"
+                  "- met: target a\n- recipes: x\n\n"
+                  "## vgg-qcfs4\n\nANN test accuracy 85.00 %.\n\n| method | T=1 |\n|---|---|\n| qcfs | 50.00 |\n\n"
+                  "- NOT met: target b\n")
+    out = readme_block.block(md, "INTRO", "OUTRO")
+    assert out.startswith(readme_block.START + "\nINTRO") and out.endswith("OUTRO\n" + readme_block.END)
+    assert "| ANN | 86.00 |" in out and "| qcfs | 50.00 |" in out and "- recipes" not in out
+    assert out.index("- met: target a") < out.index("**vgg-qcfs4**") < out.index("- NOT met: target b")
+    assert f"({md.with_suffix('').as_posix()}-vgg-qcfs4.png)" in out
