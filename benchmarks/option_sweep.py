@@ -30,12 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import snnbridge  # noqa: E402
 from benchmarks import networks as nets  # noqa: E402
+from benchmarks.run import ADVANCED, ROBUST_CW  # noqa: E402
 from examples.cifar10 import data as cdata  # noqa: E402
 
-RCW = {"percentile": 99.9, "channelwise": True}
-#: the suite's cheaper weight calibration (benchmarks/run.py's ADVANCED)
-WC = {"wc_samples": 512, "wc_iters": 2000}
-WC_ADVANCED = {"snn_calibration": {"preset": "advanced", **WC}}
+RCW = ROBUST_CW["robustnorm"]  #: the suite's channel-wise robustnorm options
+#: the suite's cheaper weight calibration options (its ADVANCED without the preset)
+WC = {k: v for k, v in ADVANCED["snn_calibration"].items() if k != "preset"}
 #: named groups of variants: label -> recipe
 GROUPS: dict[str, dict[str, list]] = {
     "ftbc": {  # FTBC's budget (batches x iterations) after the two best threshold sources
@@ -56,7 +56,7 @@ GROUPS: dict[str, dict[str, list]] = {
         "ltb (no delayed evaluation) + ftbc": [{"ltb": {"delayed_evaluation": False}}, "ftbc"],
     },
     "weights": {  # weight calibration (SNN Calibration's WC fits the weights to the quantized neuron), with FTBC
-        "snn_calibration advanced (wc 512 x 2000)": [WC_ADVANCED],
+        "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],
         "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, {"snn_calibration": {**WC, "steps": ["wc"]}},
                                                       "ftbc"],
         "ltb + snn_calibration wc + ftbc": ["ltb", {"snn_calibration": {**WC, "steps": ["wc"]}}, "ftbc"],
@@ -109,6 +109,12 @@ def quantized_ann(model, snn, T: int) -> torch.nn.Module:
     return ann
 
 
+def scores(pred: torch.Tensor, labels: torch.Tensor, ann: torch.Tensor) -> dict[str, float]:
+    """Accuracy and agreement with the ANN's predictions, in %."""
+    return {"accuracy": float((pred == labels).float().mean()) * 100,
+            "agreement": float((pred == ann).float().mean()) * 100}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--network", default="vgg", choices=nets.NETWORKS)
@@ -132,15 +138,19 @@ def main(argv: list[str] | None = None) -> dict:
     x_cal, _ = cdata.to_tensors(calib_set)
     xv, yv = validation(train_set, set(calib_set.indices), args.val, seed=123)
     xv = cdata.normalize(xv)
-    data = nets.Data("cifar10", xv[:1], yv[:1], x_cal, lambda: (_ for _ in ()).throw(
-        SystemExit(f"error: {args.network} has no complete checkpoint under {args.checkpoints}; train it first")),
-        len(train_set))
+
+    def no_training():  # nets.obtain trains a missing network; this script only reads checkpoints
+        raise SystemExit(f"error: {args.network} has no complete checkpoint under {args.checkpoints}; train it "
+                         f"first (python -m benchmarks --networks {args.network} --train-only)")
+
+    data = nets.Data("cifar10", xv[:1], yv[:1], x_cal, no_training, len(train_set))
     model, meta = nets.obtain(args.network, nets.Training(), data, args.checkpoints, log=lambda s: None)
     calib = data.calibration(128)
     ann = predictions(model, xv)
     ann_acc = float((ann == yv).float().mean()) * 100
     print(f"{args.network}: ANN {ann_acc:.2f} % on {len(yv)} held-out training images", flush=True)
     rows = []
+    bound_snn = None  # channel-wise robustnorm's thresholds do not depend on T: converted once
     for T in Ts:
         for label, recipe in GROUPS[args.group].items():
             if args.only and label not in args.only.split(","):
@@ -150,18 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
                                     progress=False)
             seconds = time.perf_counter() - t0
             pred = snn_predictions(snn, xv, T)
-            row = {"T": T, "label": label, "recipe": recipe, "accuracy": float((pred == yv).float().mean()) * 100,
-                   "agreement": float((pred == ann).float().mean()) * 100, "convert_seconds": round(seconds, 1),
-                   "steps_run": snn.steps_for(max(T, snn.lookahead))}
+            row = {"T": T, "label": label, "recipe": recipe, **scores(pred, yv, ann),
+                   "convert_seconds": round(seconds, 1), "steps_run": snn.steps_for(max(T, snn.lookahead))}
             rows.append(row)
             print(f"T={T:<3d} {label:45s} acc {row['accuracy']:6.2f}  agree {row['agreement']:6.2f}  "
                   f"{seconds:6.1f} s  ({row['steps_run']} steps)", flush=True)
         if args.bound:  # the rate-code bound of channel-wise robustnorm's thresholds
-            snn = snnbridge.convert(model, [{"robustnorm": RCW}], calibration=calib, timesteps=T, progress=False)
-            pred = predictions(quantized_ann(model, snn, T), xv)
+            if bound_snn is None:
+                bound_snn = snnbridge.convert(model, [ROBUST_CW], calibration=calib, timesteps=T, progress=False)
+            pred = predictions(quantized_ann(model, bound_snn, T), xv)
             row = {"T": T, "label": "bound: ANN rounded to T levels of robustnorm cw thresholds", "recipe": None,
-                   "accuracy": float((pred == yv).float().mean()) * 100,
-                   "agreement": float((pred == ann).float().mean()) * 100}
+                   **scores(pred, yv, ann)}
             rows.append(row)
             print(f"T={T:<3d} {row['label']:45s} acc {row['accuracy']:6.2f}  agree {row['agreement']:6.2f}", flush=True)
     result = {"network": args.network, "checkpoint": f"{args.network}-{meta.get('hash')}.pt", "ann_accuracy": ann_acc,

@@ -39,8 +39,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     md = Path(argv[0]).resolve()
     rel = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md  # the PNG links are relative to the README
-    new = block(rel if not rel.is_absolute() else md, Path(argv[1]).read_text(),
-                Path(argv[2]).read_text() if len(argv) == 3 else "")
+    new = block(rel, Path(argv[1]).read_text(), Path(argv[2]).read_text() if len(argv) == 3 else "")
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
