@@ -18,11 +18,16 @@ input, which already comes from calibrated upstream sites - identical to the off
 layer-by-layer evaluation. The model simulates ``rho + T`` steps (``snn.steps_run``);
 ``T < rho`` is read from ``snn.sweep`` of a longer run, as the official code reports it.
 
-Default ``rho = 4`` (the official CIFAR setting), measured on the suite's QCFS L = 4 VGG (ANN
-92.90 % on 2,000 held-out training images; ``python benchmarks/option_sweep.py --network
-vgg-qcfs4 --group qcfs-presim --timesteps 1,2,4``): rho 2 / 4 / 8 score 84.4 / 85.2 / 84.7 % at
-T = 1, 86.9 / 90.8 / 91.3 % at T = 2 and 90.1 / 93.0 / 92.8 % at T = 4 (agreement with the ANN
-99.85 % at rho = T = L = 4): 2 is too short, 8 costs four more steps for no gain.
+Default ``rho: auto`` = the site's quantization levels L (``SiteInfo.levels``, QCFS's
+``levels``), at most 8 - 4 where the activation does not say. Why: the official CIFAR setting
+is rho 4 on L = 4 ANNs and ImageNet's rho 8 on L = 16; a spike count needs about L steps to
+say which of L levels a neuron is on, and the suite's two QCFS VGGs agree
+(``python benchmarks/option_sweep.py --network vgg-qcfs4 --group qcfs-presim --timesteps 1,2,4``,
+2,000 held-out training images). L = 4 (ANN 92.90 % there): rho 2 / 4 / 8 score 84.4 / 85.2 /
+84.7 % at T = 1, 86.9 / 90.8 / 91.3 % at T = 2 and 90.1 / 93.0 / 92.8 % at T = 4 (agreement
+with the ANN 99.85 % at rho = T = L): 2 is too short, 8 costs four more steps for no gain.
+L = 8 (ANN 94.25 %): rho 4 / 8 score 89.0 / 89.8 % at T = 2 and 90.9 / 92.9 % at T = 4 - a
+fixed 4 loses up to two points there.
 
 Where the official code differs: a neuron that fired at every pre-simulation step has no
 silent step and is shifted by ~1001 theta there; here the shift is clamped to theta. The
@@ -37,6 +42,10 @@ import torch
 from snnbridge import Adjustment, Option, PluginInfo, PresimRecord, SiteCorrection, hookimpl
 
 NAME = "cos"
+
+#: rho: auto on an activation without levels (the official CIFAR setting), and its cap (official ImageNet)
+FALLBACK_RHO = 4
+MAX_AUTO_RHO = 8
 
 #: the official code's margins (units of theta)
 OVER_MARGIN = 0.999
@@ -111,17 +120,34 @@ def snnbridge_plugin_info():
 @hookimpl
 def snnbridge_add_options():
     return [
-        Option("rho", int, 4, "pre-simulation steps per site (official: 4 CIFAR, 8 ImageNet)",
-               check=lambda n: n >= 1, check_help="rho >= 1"),
+        Option("rho", int, "auto", "pre-simulation steps per site; auto = the site's quantization levels L (QCFS's "
+               f"levels), at most {MAX_AUTO_RHO}, {FALLBACK_RHO} where the activation has none (official: 4 CIFAR "
+               "L = 4, 8 ImageNet L = 16)", keywords=("auto",), check=lambda n: n >= 1, check_help="rho >= 1"),
         Option("rounds", int, 1, "calibration rounds (iterative property; official code: 1)",
                check=lambda n: n >= 1, check_help="rounds >= 1"),
     ]
 
 
+def presim_steps(site_info, rho) -> int:
+    """The pre-simulation length of one site: ``rho``, or for ``"auto"`` its levels L capped at 8 (4 without)."""
+    if rho != "auto":
+        return int(rho)
+    levels = site_info.levels
+    return FALLBACK_RHO if levels is None else min(levels, MAX_AUTO_RHO)
+
+
 @hookimpl
 def snnbridge_correct_error(snn, ctx, options):
-    for site in snn.sites.values():
-        site.corrections.append(OffsetSpikeCalibration(options["rho"], options["rounds"]))
+    chosen = {}
+    for name, site in snn.sites.items():
+        chosen[name] = presim_steps(ctx.sites[name], options["rho"])
+        site.corrections.append(OffsetSpikeCalibration(chosen[name], options["rounds"]))
+    rhos = sorted(set(chosen.values()))
+    how = ""
+    if options["rho"] == "auto":
+        levels = sorted({ctx.sites[n].levels for n in chosen} - {None})
+        how = (f" (auto: the sites' quantization levels L = {', '.join(map(str, levels))}, at most {MAX_AUTO_RHO})"
+               if levels else f" (auto: the activations give no quantization levels, so the official {FALLBACK_RHO})")
     ctx.report["notes"].append(
-        f"{NAME}: per-input offset-spike calibration, rho = {options['rho']} pre-simulation steps, "
+        f"{NAME}: per-input offset-spike calibration, rho = {', '.join(map(str, rhos))} pre-simulation steps{how}, "
         f"{options['rounds']} round(s); each run simulates pre-simulation + T steps (snn.steps_run)")

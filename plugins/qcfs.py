@@ -70,6 +70,8 @@ class QCFSClaim:
 
     kind: str = "qcfs"
     clip_max: float | None = None
+    #: L, read back as ``SiteInfo.levels`` (cos and srp size their pre-simulation by it)
+    levels: int | None = None
 
 
 @hookimpl
@@ -103,7 +105,7 @@ def snnbridge_replace_activation(site, module, options):
 @hookimpl
 def snnbridge_claim_module(module):
     if isinstance(module, QCFS):
-        return QCFSClaim(clip_max=None)
+        return QCFSClaim(clip_max=None, levels=module.levels)
     return None
 
 

@@ -192,7 +192,9 @@ def snnbridge_claim_module(module: nn.Module) -> Any:
 
     :param module: a submodule of the model being traced.
     :returns: ``None`` for modules you do not own, else an object with optional attributes
-        ``kind`` (str) and ``clip_max`` (float or None); it is stored as ``SiteInfo.claim``.
+        ``kind`` (str), ``clip_max`` (float or None) and, for a quantized activation,
+        ``levels`` (int: the number of output steps per threshold, e.g. QCFS's L); it is
+        stored as ``SiteInfo.claim`` and ``levels`` is read back as ``SiteInfo.levels``.
     """
 
 

@@ -26,7 +26,8 @@ class SiteInfo:
     ``kind`` names the original activation (``"relu"``, ``"relu6"``, ``"clip"`` or a
     plugin's claim, e.g. ``"qcfs"``); ``clip_max`` is the activation's upper bound if it
     has one; ``shape`` is the activation shape without batch, filled in by the first
-    observation; ``claim`` holds whatever a plugin returned when claiming the module.
+    observation; ``claim`` holds whatever a plugin returned when claiming the module;
+    ``levels`` is the claimed activation's quantization level count, when it has one.
     ``pre_pool`` names the max-pool that was moved in front of the neuron, if any.
     """
 
@@ -38,6 +39,17 @@ class SiteInfo:
     claim: Any = None
     pre_pool: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def levels(self) -> int | None:
+        """Quantization levels of the trained activation (the claim's ``levels``, e.g. QCFS's L), else None.
+
+        A quantized ANN's site outputs one of ``levels`` steps per threshold; corrections that
+        pre-simulate (a spike count needs about ``levels`` steps to say which step) size
+        themselves by it.
+        """
+        n = getattr(self.claim, "levels", None)
+        return None if n is None else int(n)
 
     @property
     def channels(self) -> int | None:

@@ -91,3 +91,28 @@ def test_cos_needs_a_qcfs_network_earlier_in_the_recipe():
         snnbridge.convert("not a model", ["cos", "qcfs"], timesteps=4)
     with pytest.raises(snnbridge.PluginConflictError, match=r"'opi' cannot be combined with 'clipshift'"):
         snnbridge.build_recipe(["clipshift", "opi", "cos"])
+
+
+@pytest.mark.parametrize(("levels", "rho"), [(2, 2), (4, 4), (8, 8), (16, 8)])
+def test_rho_auto_follows_the_quantization_levels(levels, rho):
+    """The default rho is the network's QCFS L (capped at the official ImageNet 8): the counted run and the
+    note say so, and the result is the same as asking for that rho by hand."""
+    net = qcfs_mlp(levels=levels, seed=3)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(2)) * 2
+    snn = snnbridge.convert(net, ["qcfs", "cos"], example_input=x[:2], timesteps=8, progress=False)
+    assert snn.lookahead == rho and snn.steps_run == rho + 8
+    assert any(f"rho = {rho} pre-simulation steps (auto: the sites' quantization levels L = {levels}" in n
+               for n in snn.report["notes"])
+    fixed = snnbridge.convert(net, ["qcfs", {"cos": {"rho": rho}}], example_input=x[:2], timesteps=8, progress=False)
+    torch.testing.assert_close(snn.sweep(x), fixed.sweep(x), rtol=0, atol=0)
+
+
+def test_rho_auto_without_levels_is_the_official_four():
+    """A quantized activation whose claim gives no levels (a third-party plugin's) gets the official CIFAR 4."""
+    from snnbridge import SiteInfo
+    from snnbridge.plugins.cos import presim_steps
+
+    assert presim_steps(SiteInfo("a", "custom", claim=object()), "auto") == 4
+    assert presim_steps(SiteInfo("a", "qcfs", claim=type("C", (), {"levels": 16})()), "auto") == 8
+    assert presim_steps(SiteInfo("a", "qcfs", claim=type("C", (), {"levels": 3})()), "auto") == 3
+    assert presim_steps(SiteInfo("a", "qcfs", claim=type("C", (), {"levels": 3})()), 5) == 5

@@ -47,7 +47,7 @@ def test_a_changing_sequence_is_fed_step_by_step(data):
 
 def test_layer_lookahead_corrections_accept_sequences(data):
     calib, x = data
-    ann = snnbridge.prepare(zoo.small_resnet(), ["qcfs"])
+    ann = snnbridge.prepare(zoo.small_resnet(), [{"qcfs": {"levels": 4}}])  # rho auto = L = 4 <= the 4-step sequence
     snn = snnbridge.convert(ann, ["qcfs", "cos"], calibration=calib, timesteps=4, progress=False)
     assert snn.lookahead > 0 and snn.warmup == 0
     seq = x.unsqueeze(0).expand(4, *x.shape)

@@ -63,3 +63,28 @@ def test_srp_needs_a_qcfs_network_earlier_in_the_recipe():
         snnbridge.convert("not a model", ["maxnorm", "srp"], timesteps=4)
     with pytest.raises(snnbridge.MissingRequirementError, match=r"'srp' needs 'quantized_ann'"):
         snnbridge.convert("not a model", [{"clipshift": {"threshold_source": "y_th"}}, "srp"], timesteps=4)
+
+
+@pytest.mark.parametrize(("levels", "tau"), [(2, 2), (4, 4), (8, 8), (16, 8)])
+def test_tau_auto_follows_the_quantization_levels(levels, tau):
+    """The default tau is the network's QCFS L (capped at 8), identical to asking for that tau by hand."""
+    net = qcfs_mlp(levels=levels, seed=4)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3)) * 2
+    snn = snnbridge.convert(net, ["qcfs", "srp"], example_input=x[:2], timesteps=2, progress=False)
+    assert snn.warmup == tau and snn.steps_run == tau + 2
+    assert any(f"warm-up of {tau} uncounted steps (auto" in n for n in snn.report["notes"])
+    fixed = snnbridge.convert(net, ["qcfs", {"srp": {"tau": tau}}], example_input=x[:2], timesteps=2, progress=False)
+    torch.testing.assert_close(snn.sweep(x), fixed.sweep(x), rtol=0, atol=0)
+
+
+def test_tau_auto_takes_the_largest_site_levels_and_falls_back_to_four():
+    from snnbridge import SiteInfo
+    from snnbridge.plugins.srp import warmup_steps
+
+    def info(levels):
+        return SiteInfo("s", "qcfs", claim=type("C", (), {"levels": levels})())
+
+    assert warmup_steps([info(2), info(6)], "auto") == 6
+    assert warmup_steps([info(4), info(32)], "auto") == 8
+    assert warmup_steps([SiteInfo("s", "custom", claim=object())], "auto") == 4
+    assert warmup_steps([info(6)], 3) == 3

@@ -40,9 +40,10 @@ RECIPES: dict[str, list] = {
     "robustnorm-cw": [{"robustnorm": {"percentile": 99.9, "channelwise": True}}],
     # for a network trained with QCFS activations (--qcfs L)
     "qcfs": ["qcfs"],
-    "qcfs+cos": ["qcfs", {"cos": {"rho": 4}}],
-    "qcfs+srp": ["qcfs", {"srp": {"tau": 4}}],
-    "qcfs+cos+srp": ["qcfs", {"cos": {"rho": 4}}, {"srp": {"tau": 4}}],
+    # cos's rho and srp's tau default to auto: the network's L (at most 8)
+    "qcfs+cos": ["qcfs", "cos"],
+    "qcfs+srp": ["qcfs", "srp"],
+    "qcfs+cos+srp": ["qcfs", "cos", "srp"],
 }
 DEFAULT_RECIPES = {"relu": "maxnorm,robustnorm", "qcfs": "qcfs,qcfs+cos,qcfs+srp"}
 DEFAULT_TIMESTEPS = {"relu": "4,8,16,32,64", "qcfs": "1,2,4,8"}
