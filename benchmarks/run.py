@@ -153,8 +153,9 @@ def is_per_t(method: Method) -> bool:
 def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: dict | None, save) -> dict:
     """Accuracy of one method at every T; ``entry`` is a partial result to continue (per-T methods)."""
     per_t = is_per_t(method)
-    res = entry if entry and entry.get("recipe") == method.recipe and not entry.get("error") else {}
-    res.update({"recipe": method.recipe, "kind": "per_T" if per_t else "sweep", "complete": False})
+    res = entry if current(entry, method) and not entry.get("error") else {}
+    res.update({"recipe": method.recipe, "options": resolved(method.recipe), "kind": "per_T" if per_t else "sweep",
+                "complete": False})
     if method.why:
         res["why_per_T"] = method.why
     for key in ("accuracy", "steps_run", "conversion_seconds", "eval_seconds", "notes"):
@@ -192,6 +193,21 @@ def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: 
     return res
 
 
+def resolved(recipe) -> list:
+    """The recipe with every option spelled out (defaults included), as stored with each result."""
+    return json.loads(json.dumps(snnbridge.build_recipe(recipe).to_list()))
+
+
+def current(entry: dict | None, method: Method) -> bool:
+    """Whether a stored result was measured with this method's recipe *and today's plugin defaults*.
+
+    A default that changed since (e.g. cos's rho) makes the stored row stale, so ``--resume``
+    measures it again. Results from before options were stored count as current.
+    """
+    return bool(entry) and entry.get("recipe") == method.recipe \
+        and entry.get("options", resolved(method.recipe)) == resolved(method.recipe)
+
+
 def done(entry: dict | None, Ts) -> bool:
     """Whether a stored result is complete and holds every requested T."""
     return bool(entry) and not entry.get("error") and bool(entry.get("complete")) \
@@ -220,7 +236,7 @@ def evaluate_network(name: str, model, meta: dict, data: nets.Data, results: dic
                f"{len(sj)} SpikingJelly converter(s)")
     bar = tqdm(total=len(todo) + (1 if sj else 0), desc=name, unit="method", disable=not args.progress)
     for label in todo:
-        if done(net["methods"].get(label), Ts):
+        if done(net["methods"].get(label), Ts) and current(net["methods"][label], table[label]):
             bar.update()
             continue
         bar.set_postfix_str(label)

@@ -222,6 +222,21 @@ def test_resume_redoes_only_missing_work(smoke, tmp_path, monkeypatch):
     assert len(after["commands"]) == 2 and after["commands"][1].endswith("--resume")
 
 
+def test_a_row_measured_under_other_plugin_defaults_is_stale():
+    """--resume keeps a row only if its recipe *with every default spelled out* is today's: a changed default
+    (cos's rho went from 4 to auto) makes the stored row stale; rows from before options were stored stay."""
+    method = suite.Method(["qcfs", "cos"])
+    now = suite.resolved(method.recipe)
+    assert now == [{"qcfs": {"levels": 8, "lambda_init": 8.0, "shift": 0.5}}, {"cos": {"rho": "auto", "rounds": 1}}]
+    assert suite.current({"recipe": ["qcfs", "cos"], "options": now}, method)
+    assert suite.current({"recipe": ["qcfs", "cos"]}, method)  # legacy row
+    old = json.loads(json.dumps(now))
+    old[1]["cos"]["rho"] = 4
+    assert not suite.current({"recipe": ["qcfs", "cos"], "options": old}, method)
+    assert not suite.current({"recipe": ["qcfs", "srp"], "options": now}, method)
+    assert not suite.current(None, method)
+
+
 def test_every_registered_method_is_run_or_skipped_with_a_reason():
     registry = snnbridge.get_registry()
     for network in ("vgg", "resnet20-qcfs8"):
