@@ -65,6 +65,13 @@ GROUPS: dict[str, dict[str, list]] = {
         **{f"qcfs + cos (rho {r})": ["qcfs", {"cos": {"rho": r}}] for r in (2, 4, 8)},
         **{f"qcfs + srp (tau {t})": ["qcfs", {"srp": {"tau": t}}] for t in (2, 4, 8)},
     },
+    "qcfs-stacks": {  # what can be stacked on COS at low T (QCFS networks; rho, tau = auto)
+        "qcfs + cos": ["qcfs", "cos"],
+        "qcfs + cos (2 rounds)": ["qcfs", {"cos": {"rounds": 2}}],
+        "qcfs + cos + ftbc": ["qcfs", "cos", "ftbc"],
+        "qcfs + cos + snn_calibration": ["qcfs", "cos", "snn_calibration"],
+        "qcfs + cos + srp": ["qcfs", "cos", "srp"],
+    },
     "bound": {},  # only the rate-code bound (--bound implied)
 }
 

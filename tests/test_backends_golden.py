@@ -1,4 +1,5 @@
-"""Golden fact G5 (the IF closed form N = clip(floor(x T / theta + phi), 0, T), hand-worked) on every backend, through ``snnbridge.simulate``.
+"""Golden fact G5 (the IF closed form N = clip(floor(x T / theta + phi), 0, T), hand-worked) on every backend,
+through ``snnbridge.simulate``.
 
 snnbridge has one firing rule, ``m >= threshold``, on every backend; the tie cases below
 would give another count under ``m > threshold`` (snnTorch's own rule - checked at the end

@@ -336,7 +336,8 @@ CASES = [
          r"kernel='auto'|0\.0\.0\.0\.14"),
     # models
     Case("unsupported-ops", "convert", "LeakyReLU, sigmoid",
-         lambda e: snnbridge.convert(_Unsupported(), ["maxnorm"], calibration=DATA, progress=False), UnsupportedModelError,
+         lambda e: snnbridge.convert(_Unsupported(), ["maxnorm"], calibration=DATA, progress=False),
+         UnsupportedModelError,
          r"-> .*retrain with nn\.ReLU.*Nothing was converted"),
     Case("untraceable-model", "convert", "if x.sum() > 0 in forward",
          lambda e: snnbridge.convert(_Dynamic(), ["maxnorm"], calibration=DATA, progress=False),

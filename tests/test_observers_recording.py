@@ -1,4 +1,5 @@
-"""The public plugin API: observers (hand-worked values), ctx.collect caching, snn.record, DecodeWindow, TimestepCheck."""
+"""The public plugin API: observers (hand-worked values), ctx.collect caching, snn.record, DecodeWindow,
+TimestepCheck."""
 
 from __future__ import annotations
 

@@ -42,9 +42,12 @@ PLUGINS = {
     "importfail": "raise RuntimeError('boom at import')\n",
     "nohooks": "X = 1\n",
     "typohook": GOOD + "\n@hookimpl\ndef snnbridge_estimate_treshold(ctx):\n    return {}\n",
-    "badarg": GOOD.replace("def snnbridge_configure_neuron(spec, options):", "def snnbridge_configure_neuron(spec, layer):"),
-    "inforaises": "from snnbridge import hookimpl\n\n@hookimpl\ndef snnbridge_plugin_info():\n    raise ValueError('no info')\n",
-    "infotype": "from snnbridge import hookimpl\n\n@hookimpl\ndef snnbridge_plugin_info():\n    return {'summary': 'x'}\n",
+    "badarg": GOOD.replace("def snnbridge_configure_neuron(spec, options):",
+                           "def snnbridge_configure_neuron(spec, layer):"),
+    "inforaises": "from snnbridge import hookimpl\n\n@hookimpl\ndef snnbridge_plugin_info():\n"
+                  "    raise ValueError('no info')\n",
+    "infotype": "from snnbridge import hookimpl\n\n@hookimpl\ndef snnbridge_plugin_info():\n"
+                "    return {'summary': 'x'}\n",
     "dupoption": GOOD.replace('return [Option("fraction", float, 0.5, "v0 / theta")]',
                               'return [Option("a", int, 1), Option("a", int, 2)]'),
     "clashoption": GOOD.replace('provides=("v0_base",))', 'provides=("v0_base",), t_specific=True)').replace(
@@ -118,7 +121,8 @@ def test_each_broken_plugin_is_reported_by_name_and_the_others_work(registry):
         assert reason in reg.broken[name].reason, (name, reg.broken[name].reason)
         assert reg.broken[name].distribution == "snnb-fake"
         assert any(f"plugin {name!r}" in w and "left out" in w for w in warned), name
-    assert {"fakegood", "hookraises", "claimraises", "maxnorm", "robustnorm", "torch", "spikingjelly"} <= set(reg.names())
+    want = {"fakegood", "hookraises", "claimraises", "maxnorm", "robustnorm", "torch", "spikingjelly"}
+    assert want <= set(reg.names())
 
 
 def test_a_recipe_naming_a_broken_plugin_gets_the_reason(registry):

@@ -16,7 +16,8 @@ def test_python_yaml_toml_give_the_same_recipe(tmp_path):
     (tmp_path / "r.yaml").write_text(
         "recipe:\n  - robustnorm: {percentile: 99.99, channelwise: true}\nbackend: {name: torch}\ntimesteps: 16\n")
     (tmp_path / "r.toml").write_text(
-        'timesteps = 16\nrecipe = [{robustnorm = {percentile = 99.99, channelwise = true}}]\n[backend]\nname = "torch"\n')
+        'timesteps = 16\nrecipe = [{robustnorm = {percentile = 99.99, channelwise = true}}]\n'
+        '[backend]\nname = "torch"\n')
     configs = [snnbridge.load_config(tmp_path / f) for f in ("r.yaml", "r.toml")]
     recipes = [snnbridge.build_recipe(c.recipe).to_list() for c in configs]
     assert recipes[0] == recipes[1] == snnbridge.build_recipe(

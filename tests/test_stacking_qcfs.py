@@ -83,7 +83,8 @@ def trained(tmp_path_factory):
 
 def _curve(snn, x, T):
     with torch.no_grad():
-        return snn.sweep(x, timesteps=max(T, 4))[T - 1]  # COS's look-ahead needs 4 counted inputs: read T < 4 from a sweep
+        # COS's look-ahead needs 4 counted inputs: read T < 4 from a sweep
+        return snn.sweep(x, timesteps=max(T, 4))[T - 1]
 
 
 def test_trained_qcfs_network_cos_and_srp_do_not_reduce_accuracy(trained):

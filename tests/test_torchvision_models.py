@@ -29,7 +29,8 @@ def test_torchvision_models_convert_and_run(factory, expect):
         ann = model(data[0][:2])
     assert out.shape == ann.shape == (2, 10)
     assert torch.isfinite(out).all()
-    # the network really spikes at the first and the last site (enough steps for spikes to reach the deepest layer: 35 sites deep for mobilenet_v2)
+    # the network really spikes at the first and the last site (enough steps for spikes to reach the deepest
+    # layer: 35 sites deep for mobilenet_v2)
     ends = (next(iter(snn.sites)), list(snn.sites)[-1])
     with snn.record(ends) as rec:
         snn(data[0][:2])

@@ -2,7 +2,8 @@
 
 The reference simulators restate the official evaluation procedures - COS layer by layer over
 the whole time axis (hzc1208/ANN2SNN_COS, ``MPLayer``) and SRP step by step over the whole
-network (hzc1208/ANN2SNN_SRP, ``mp_test``) - directly in torch, in units of the threshold (inputs divided by theta, threshold 1),
+network (hzc1208/ANN2SNN_SRP, ``mp_test``) - directly in torch, in units of the threshold
+(inputs divided by theta, threshold 1),
 without any snnbridge code, so the plugins' runtime results can be checked against them.
 """
 
