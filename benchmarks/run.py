@@ -204,8 +204,9 @@ def current(entry: dict | None, method: Method) -> bool:
     A default that changed since (e.g. cos's rho) makes the stored row stale, so ``--resume``
     measures it again. Results from before options were stored count as current.
     """
-    return bool(entry) and entry.get("recipe") == method.recipe \
-        and entry.get("options", resolved(method.recipe)) == resolved(method.recipe)
+    if not entry or entry.get("recipe") != method.recipe:
+        return False
+    return "options" not in entry or entry["options"] == resolved(method.recipe)
 
 
 def done(entry: dict | None, Ts) -> bool:
