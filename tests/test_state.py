@@ -36,7 +36,9 @@ def test_repeated_and_interleaved_batch_sizes(backend, data):
     assert torch.equal(first, big)  # no state leaks from one run into the next
     assert torch.equal(small, first[:, :2])  # samples are independent whatever the batch around them
     snn.time_chunk = 2
-    assert torch.equal(snn.sweep(x[:3]), first[:, :3])
+    # chunks of 2 steps run the convolutions on [2 * 3] instead of [5 * 7] rows: on some CPUs the kernels round
+    # differently with the row count (1 ulp seen), so equal up to float rounding, not bit for bit
+    torch.testing.assert_close(snn.sweep(x[:3]), first[:, :3])
 
 
 def _kept_bn_net() -> nn.Module:
