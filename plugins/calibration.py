@@ -231,8 +231,8 @@ def _bias_correct(snn, name: str, err: torch.Tensor, T: int, notes: list) -> str
     if feed is not None:
         feed.add_bias(-err)
         return feed.name
-    spec = snn.sites[name].spec
-    table = spec.step_table(T, err.shape[0]) - err.detach().cpu()[None, :]
+    spec = snn.sites[name].spec  # a row for every simulated step (more than T under a longer look-ahead)
+    table = spec.step_table(snn.padded_steps(T), err.shape[0]) - err.detach().cpu()[None, :]
     snn.set_spec(name, spec.replace(step_bias=table))
     notes.append(f"{NAME}: site {name} has no single Conv/Linear feeding it; its bias correction is a per-step, "
                  f"per-channel neuron bias for T = {T}")
@@ -328,7 +328,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
         B = x.shape[0]
         if temporal:
             parts = [s.reshape(-1, B, *s.shape[1:]) for s in seen]
-            seq = torch.cat(parts, 0)[-T:]
+            seq = torch.cat(parts, 0)[snn.warmup:snn.warmup + T]  # the T returned steps (not the look-ahead padding)
             xs.append(seq.mean(0))
         else:
             xs.append(seen[-1])

@@ -16,7 +16,8 @@ round 2 the residual is read relative to the shift already applied). Attached as
 layer-scoped :class:`snnbridge.SiteCorrection`: each site looks ahead on its own counted
 input, which already comes from calibrated upstream sites - identical to the official
 layer-by-layer evaluation. The model simulates ``rho + T`` steps (``snn.steps_run``);
-``T < rho`` is read from ``snn.sweep`` of a longer run, as the official code reports it.
+``T < rho`` runs ``rho`` counted steps and returns the first T (``snn.padded_steps``), step T
+of a longer run as the official code reports it.
 
 Default ``rho: auto`` = the site's quantization levels L (``SiteInfo.levels``, QCFS's
 ``levels``), at most 8 - 4 where the activation does not say. Why: the official CIFAR setting

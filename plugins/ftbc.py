@@ -12,7 +12,9 @@ calibration batch (``batches``) and site in network order, stepping t = 1..T::
     re-fire step t with the new bias and carry the corrected membrane on
 
 The table is ``NeuronSpec.step_bias`` (``[T, C]``, added, so it holds ``-b``) on top of any
-threshold source and base initial potential. T-specific.
+threshold source and base initial potential. T-specific. Under a longer look-ahead (``cos``
+with ``rho > T``) the run simulates ``rho`` steps and returns the first T; every simulated
+step gets a row (``snn.padded_steps(T)``).
 
 Where the official code differs: its SNN-Calibration variant steps the whole network and
 re-fires one layer per step; here one simulation per batch hands each site its input sequence
@@ -71,11 +73,15 @@ def bias_step_error(weighted_spikes: torch.Tensor, ann: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def _calibrate_site(snn, ctx, site, seq: torch.Tensor, ann: torch.Tensor, T: int, alpha: float) -> None:
-    """Learn ``site``'s bias table on one batch from its input sequence (the counted steps, ``[T, B, C, ...]``)."""
+def _calibrate_site(snn, ctx, site, seq: torch.Tensor, ann: torch.Tensor, alpha: float) -> None:
+    """Learn ``site``'s bias table on one batch from its input sequence after the warm-up, ``[n, B, C, ...]``.
+
+    ``n`` is ``snn.padded_steps(T)``: T, or a longer look-ahead (cos's rho) whose extra steps feed
+    the later sites' look-aheads - every simulated step gets its row.
+    """
     spec = site.spec
     drive = spec.biased(seq, 0)  # the spec's per-step biases (the current table) included
-    C = drive.shape[2]
+    T, C = drive.shape[0], drive.shape[2]
     table = spec.step_table(T, C)
     v = site.initial_state(drive[0])
     shape = (1, 1, C) + (1,) * (drive.dim() - 3)
@@ -103,7 +109,7 @@ def _calibrate_batch(snn, ctx, x: torch.Tensor, ann: dict, T: int, alpha: float,
     warmup = snn.warmup
 
     def learn(site, seq):
-        _calibrate_site(snn, ctx, site, seq[warmup:], ann[site.name], T, alpha)
+        _calibrate_site(snn, ctx, site, seq[warmup:], ann[site.name], alpha)
         bar.update(1)
 
     snn.run(x, timesteps=T, until=list(snn.sites)[-1], before_fire=learn)

@@ -158,17 +158,36 @@ class SpikingSite(nn.Module):
                 x_seq = replaced
         if t0 == 0 or self.v is None:
             self._set(v=self.initial_state(x_seq[0]), mask=None, _presim=[])
-        if t0 < W < t0 + x_seq.shape[0]:
-            split = W - t0
-            out = torch.cat([self._run(x_seq[:split], t0), self._run(x_seq[split:], W)], 0)
-        else:
-            out = self._run(x_seq, t0)
+        if t0 == 0:
+            self._look_ahead(x_seq)
+        # pieces end at the warm-up's end and where the returned steps stop (the rest only feeds look-aheads)
+        n, stop = x_seq.shape[0], getattr(self._state, "stop", None)
+        cuts = sorted({b - t0 for b in (W, stop) if b is not None and t0 < b < t0 + n})
+        bounds = [0, *cuts, n]
+        pieces = [self._run(x_seq[a:b], t0 + a) for a, b in zip(bounds, bounds[1:])]
+        out = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
         return out.reshape(-1, *out.shape[2:])
 
     def _state_now(self) -> torch.Tensor:
         """The membrane state of the run in progress (``forward`` sets it before any step)."""
         assert self.v is not None
         return self.v
+
+    def _look_ahead(self, seq: torch.Tensor) -> None:
+        """The site's own look-ahead pre-simulation on the first steps of its input (a layer-scoped correction)."""
+        look = self.lookahead
+        if not look:
+            return
+        if seq.shape[0] < look:
+            raise InputError(f"site {self.name!r} pre-simulates the first {look} steps of its input, but only "
+                             f"{seq.shape[0]} step(s) are run; give at least {look} steps (a [T, B, ...] sequence "
+                             f"of T >= {look}, or a time_chunk >= {look}).")
+        drive = self.spec.biased(seq[:look], 0)
+        v = self._state_now()
+        res = self.neuron.simulate(drive, v.clone(), return_v=True)
+        threshold = self.spec.threshold_tensor(res.spikes[0], 1)
+        assert res.v_seq is not None  # asked for with return_v=True
+        self._correct(PresimRecord(drive, res.spikes, res.v_seq, v, threshold))
 
     def _run(self, seq: torch.Tensor, start: int) -> torch.Tensor:
         W = self._state.warmup
@@ -177,17 +196,6 @@ class SpikingSite(nn.Module):
             threshold = self.spec.threshold_tensor(spikes[0], 1)
             self._correct(PresimRecord(drive, spikes, v_seq, self._presim[0][3], threshold))
             self._set(_presim=[])
-        look = self.lookahead
-        if look and start == 0:
-            if seq.shape[0] < look:
-                raise InputError(f"site {self.name!r} pre-simulates the first {look} steps of its input, but only "
-                                 f"{seq.shape[0]} step(s) are run; use timesteps >= {look}.")
-            drive = self.spec.biased(seq[:look], 0)
-            v = self._state_now()
-            res = self.neuron.simulate(drive, v.clone(), return_v=True)
-            threshold = self.spec.threshold_tensor(res.spikes[0], 1)
-            assert res.v_seq is not None  # asked for with return_v=True
-            self._correct(PresimRecord(drive, res.spikes, res.v_seq, v, threshold))
         in_presim = start < W
         drive = self.spec.biased(seq, start if in_presim else start - W)
         if drive.requires_grad and not self.neuron.differentiable and torch.is_grad_enabled():
@@ -210,8 +218,10 @@ class SpikingSite(nn.Module):
         out = result.weighted(self.spec.threshold_tensor(drive, 2))
         if self.mask is not None and not in_presim:
             out = out * self.mask
-        for rec in recordings:
-            rec.capture(self, drive, result, out, counted=not in_presim, v_start=v_start)
+        stop = getattr(self._state, "stop", None)
+        if stop is None or start < stop:  # steps past the returned ones are not recorded
+            for rec in recordings:
+                rec.capture(self, drive, result, out, counted=not in_presim, v_start=v_start)
         return out
 
     def clear_state(self) -> None:
@@ -442,10 +452,20 @@ class SpikingModel(nn.Module):
         """The largest per-site look-ahead pre-simulation (layer-scoped corrections without a warm-up)."""
         return self._presim_steps(self.sites.values())[1]
 
-    def steps_for(self, timesteps: int | None = None) -> int:
-        """Steps actually simulated for T counted steps: warm-up or look-ahead pre-simulation plus T."""
+    def padded_steps(self, timesteps: int | None = None) -> int:
+        """Steps after the warm-up that a run of T counted steps simulates: T, or the look-ahead when longer.
+
+        A site's look-ahead reads the first ``lookahead`` steps of its input, so a shorter run
+        simulates that many and returns its first T (the rest only feed later sites'
+        look-aheads; identical to reading step T of a longer run's ``sweep``, as COS's official
+        code reports T < rho). A per-step bias table needs this many rows.
+        """
         T = self.timesteps if timesteps is None else int(timesteps)
-        return self.warmup + self.lookahead + T
+        return max(T, self.lookahead)
+
+    def steps_for(self, timesteps: int | None = None) -> int:
+        """Steps actually simulated for T counted steps: warm-up or look-ahead pre-simulation plus the run."""
+        return self.warmup + self.lookahead + self.padded_steps(timesteps)
 
     @property
     def steps_run(self) -> int:
@@ -554,9 +574,6 @@ class SpikingModel(nn.Module):
             T = self.timesteps if timesteps is None else int(timesteps)
         if T < 1:
             raise InputError(f"timesteps must be >= 1, got {T}.")
-        for check in self.timestep_checks:
-            check(self, T)
-        check_runnable(self, T)  # per-step tables set by hand, too: one error before any step
         plan = self.plan
         sites = list(self.sites.values())
         warmup, lookahead = self._presim_steps(sites)
@@ -564,10 +581,19 @@ class SpikingModel(nn.Module):
             raise InputError(f"this SNN runs {warmup} uncounted warm-up steps on its input before counting (a network "
                              "pre-simulation correction such as srp or cos), which is defined for a static input "
                              "only; pass a static [B, ...] batch, or convert without that correction.")
-        total = warmup + T
+        if time_major and T < lookahead:
+            raise InputError(f"this SNN's sites look ahead on the first {lookahead} steps of their input (a per-site "
+                             f"pre-simulation such as cos's rho), but the [T, B, ...] sequence has {T}; give at least "
+                             f"{lookahead} steps, or read shorter runs from snn.sweep of a longer sequence.")
+        padded = max(T, lookahead)  # padded_steps: a short run under a look-ahead returns its first T
+        for check in self.timestep_checks:
+            check(self, T)
+        check_runnable(self, padded)  # per-step tables set by hand, too: one error before any step
+        total = warmup + padded
         state = self._state
         batch = x.shape[1] if time_major else x.shape[0]
         state.batch, state.warmup, state.sequence = batch, warmup, time_major
+        state.stop = warmup + T if padded > T else None
         for site in sites:
             site.clear_state()
         chunk = self._chunk(sites, lookahead, batch, total, x.device)
@@ -588,7 +614,7 @@ class SpikingModel(nn.Module):
             for rec in state.recordings:
                 rec.end_run()
         finally:
-            state.sequence = False
+            state.sequence, state.stop = False, None
             if replay is not None:
                 replay.stop(state.recordings)
         if replay is not None:
@@ -608,8 +634,9 @@ class SpikingModel(nn.Module):
         ``time_major``: ``x`` is a ``[T, B, ...]`` sequence, one input per step (see :meth:`forward`).
 
         ``before_fire(site, sequence)``: called at every site that runs, in network order, with
-        the :class:`SpikingSite` and its whole input sequence ``[warmup + T, B, ...]`` (the
-        ``snn.warmup`` uncounted steps first; the spec's per-step biases not yet added), before
+        the :class:`SpikingSite` and its whole input sequence ``[warmup + n, B, ...]`` (the
+        ``snn.warmup`` uncounted steps first, then ``n = snn.padded_steps(T)``; the spec's per-step
+        biases not yet added), before
         its neurons fire. It may change that site's spec (``snn.set_spec``): the site then fires
         with the new one, and later sites see its new spikes. It returns None, or a tensor of the
         same shape to fire on instead. Calibrating every site of one batch in one run this way
@@ -636,7 +663,9 @@ class SpikingModel(nn.Module):
             outs.append(y.view(n, self._state.batch, *y.shape[1:]))
 
         self._chunks(x, timesteps, "body" if until is None else f"until:{until}", keep, time_major)
-        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        out = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        T = x.shape[0] if time_major else (self.timesteps if timesteps is None else int(timesteps))
+        return out[:self.warmup + T]  # a short run under a look-ahead simulated more (padded_steps)
 
     def steps(self, x: torch.Tensor, timesteps: int | None = None, *, time_major: bool = False) -> torch.Tensor:
         """Per-step outputs of the last layer for the T counted steps, ``[T, B, ...]`` (pre-simulation left out).
@@ -669,9 +698,9 @@ class SpikingModel(nn.Module):
         sums: list = []
 
         def accumulate(t0, n, values):
-            lo = max(first - t0, 0)
-            if lo < n:
-                parts = [v.view(n, x.shape[0], *v.shape[1:])[lo:].sum(0) for v in values]
+            lo, hi = max(first - t0, 0), min(warmup + T - t0, n)  # steps past T only fed look-aheads
+            if lo < hi:
+                parts = [v.view(n, x.shape[0], *v.shape[1:])[lo:hi].sum(0) for v in values]
                 sums[:] = parts if not sums else [a + b for a, b in zip(sums, parts)]
 
         static = self._chunks(x, timesteps, "head", accumulate)

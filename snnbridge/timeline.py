@@ -25,6 +25,9 @@ class RunState:
         self.t0 = 0
         self.batch = 0
         self.warmup = 0
+        #: absolute step where a run's returned steps end; later steps only feed the sites' look-ahead
+        #: (a run of T counted steps shorter than the look-ahead; None: every step is returned)
+        self.stop: int | None = None
         self.sequence = False
         self.recordings: list = []
         #: ``fn(site, sequence)`` of a :meth:`~snnbridge.runtime.SpikingModel.run` with ``before_fire`` (never pickled)

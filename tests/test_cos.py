@@ -75,13 +75,17 @@ def test_runtime_equals_the_official_layer_by_layer_procedure(backend):
         assert not torch.equal(plain.sweep(x), got)  # the correction does something on this network
 
 
-def test_short_runs_are_read_from_a_sweep():
+def test_runs_shorter_than_rho_are_the_prefix_of_the_official_run():
+    """T < rho: the SNN simulates rho counted steps (the look-ahead needs them) and returns the first T, what the
+    official code reports for T < rho."""
     net = qcfs_mlp(lams=(2.0, 0.5))
     x = torch.randn(8, 6)
-    snn = snnbridge.convert(net, ["qcfs", "cos"], example_input=x[:2], timesteps=8, progress=False)
-    with pytest.raises(snnbridge.InputError, match="timesteps >= 4"):
-        snn(x, timesteps=2)
-    torch.testing.assert_close(snn.sweep(x)[1], reference_cos(net, x, 8, 4)[1], rtol=0, atol=1e-5)
+    want = reference_cos(net, x, 8, 4)
+    snn = snnbridge.convert(net, ["qcfs", "cos"], example_input=x[:2], timesteps=2, progress=False)
+    assert snn.lookahead == 4 and snn.steps_run == 4 + 4
+    torch.testing.assert_close(snn(x), want[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(snn.sweep(x), want[:2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(snn(x, timesteps=1), want[0], rtol=0, atol=1e-5)
 
 
 def test_cos_needs_a_qcfs_network_earlier_in_the_recipe():

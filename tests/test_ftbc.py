@@ -188,3 +188,23 @@ def test_before_fire_sees_every_site_once_in_order_and_may_replace_the_input(sma
     with pytest.raises(snnbridge.InputError, match="before_fire returned"):
         snn.run(x, before_fire=lambda site, seq: seq[:1])
     torch.testing.assert_close(snn.run(x), snn.run(x, before_fire=lambda site, seq: None))
+
+
+def test_under_a_longer_lookahead_every_simulated_step_gets_a_row():
+    """qcfs + cos (rho 4) + ftbc at T = 2: the run simulates 4 counted steps, so FTBC learns the 4 rows a T = 4
+    conversion learns (the rule does not depend on T) and the T = 2 output is their first two steps."""
+    from helpers.qcfs_family import qcfs_mlp
+
+    net = qcfs_mlp(widths=(6, 12, 10, 4), lams=(2.0, 0.5), levels=4, seed=1)
+    g = torch.Generator().manual_seed(3)
+    calib = [torch.randn(32, 6, generator=g) * 2 for _ in range(3)]
+    recipe = ["qcfs", {"cos": {"rho": 4}}, {"ftbc": {"batches": 3, "iterations": 2}}]
+    short = snnbridge.convert(net, recipe, calibration=calib, timesteps=2, progress=False)
+    full = snnbridge.convert(net, recipe, calibration=calib, timesteps=4, progress=False)
+    for name in short.sites:
+        assert short.specs[name].step_bias.shape[0] == 4
+        torch.testing.assert_close(short.specs[name].step_bias, full.specs[name].step_bias)
+    assert any(float(b.abs().max()) > 0 for b in (s.step_bias for s in short.specs.values()))
+    x = torch.randn(16, 6, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(short(x), full.sweep(x)[1])

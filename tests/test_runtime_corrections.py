@@ -60,11 +60,29 @@ def test_layer_lookahead_restarts_the_counted_run_from_the_corrected_state():
     assert torch.equal(spikes["1"][-8:], ref_spikes["1"]) and torch.equal(out, ref_out)
 
 
-def test_lookahead_longer_than_T_is_an_error():
+@pytest.mark.parametrize("on_means", [True, False])
+def test_a_run_shorter_than_the_lookahead_is_the_prefix_of_a_padded_run(on_means):
     snn, x = _snn(T=2)
-    snn.sites["1"].corrections.append(ShiftV0(4, "layer", 0.0))
-    with pytest.raises(snnbridge.InputError, match="timesteps >= 4"):
+    snn.forward_on_means = on_means
+    snn.sites["1"].corrections.append(ShiftV0(4, "layer", 0.3))
+    assert (snn.padded_steps(2), snn.steps_for(2), snn.padded_steps(6), snn.steps_for(6)) == (4, 8, 6, 10)
+    long = snn.sweep(x, 8)
+    for T in (1, 2, 3):
+        torch.testing.assert_close(snn(x, timesteps=T), long[T - 1])
+        torch.testing.assert_close(snn.sweep(x, T), long[:T])
+        assert snn.run(x, timesteps=T).shape[0] == T
+    # recordings hold the returned steps only; the padding merely fed the look-ahead
+    with snn.record(keep=("spikes", "rate")) as short:
         snn(x)
+    with snn.record(keep=("spikes",)) as full:
+        snn(x, timesteps=8)
+    assert short["1"].spikes.shape[0] == 2
+    torch.testing.assert_close(short["1"].spikes, full["1"].spikes[:2])
+    th = snn.specs["1"].threshold
+    torch.testing.assert_close(short["1"].rate, th * full["1"].spikes[:2].mean(0))
+    # a [T, B, ...] sequence cannot be padded
+    with pytest.raises(snnbridge.InputError, match="at least 4 steps"):
+        snn(x.expand(2, *x.shape), time_major=True)
 
 
 def test_network_warmup_is_shared_uncounted_and_chunk_independent():

@@ -3,6 +3,8 @@ identity of every stack, and the refused combinations."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +157,20 @@ def test_conflicts_are_refused_before_any_work_naming_both(recipe, error, words)
         snnbridge.convert("not a model", recipe, timesteps=4)  # the model would fail later: validation comes first
     for w in words:
         assert w in str(info.value)
+
+
+@pytest.mark.parametrize("extra", ["snn_calibration", "ftbc"])
+def test_t_specific_corrections_stack_on_cos_below_its_rho(extra):
+    """qcfs + cos (rho 4) + a T-specific correction at T = 1, 2: the calibration runs rho steps and reads the first
+    T, so the SNN converts and its output is the prefix of its own longer run."""
+    net = qcfs_mlp(widths=(6, 12, 10, 4), lams=(2.0, 0.5), levels=4, seed=1)
+    g = torch.Generator().manual_seed(4)
+    calib = [torch.randn(32, 6, generator=g) * 2 for _ in range(4)]
+    x = torch.randn(16, 6, generator=g)
+    for T in (1, 2):
+        snn = snnbridge.convert(net, ["qcfs", {"cos": {"rho": 4}}, extra], calibration=calib, timesteps=T,
+                                progress=False)
+        assert snn.steps_run == 4 + 4
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", snnbridge.TimestepMismatchWarning)  # read at 4: a longer run
+            torch.testing.assert_close(snn(x), snn.sweep(x, 4)[T - 1])

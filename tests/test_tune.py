@@ -231,9 +231,9 @@ def test_failed_rows_are_kept_and_never_win():
     net = qcfs_mlp()
     g = torch.Generator().manual_seed(0)
     calib = [torch.rand(16, 6, generator=g) * 2 - 0.5 for _ in range(3)]
-    # cos pre-simulates rho = 4 steps: at T = 2 this T-specific stack cannot run
-    result = _quiet(snnbridge.tune, net, calib, timesteps=[2, 4], candidates=[["qcfs", "cos", "ftbc"], ["qcfs"]],
-                    progress=False)
+    # biases calibrated for T = 4 that refuse any other T: the T = 2 row fails
+    pinned = ["qcfs", {"ftbc": {"timesteps": 4, "on_mismatch": "error"}}]
+    result = _quiet(snnbridge.tune, net, calib, timesteps=[2, 4], candidates=[pinned, ["qcfs"]], progress=False)
     failed = [r for r in result.rows if r["error"] is not None]
     assert [(r["candidate"], r["T"]) for r in failed] == [(0, 2)] and "timesteps" in failed[0]["error"]
     assert result.score == "agreement" and result.ann_score is None
