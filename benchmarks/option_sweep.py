@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -90,11 +91,8 @@ def predictions(model, x: torch.Tensor, bs: int = 250) -> torch.Tensor:
 
 @torch.no_grad()
 def snn_predictions(snn, x: torch.Tensor, T: int, bs: int = 250) -> torch.Tensor:
-    """Predictions after T counted steps; below a look-ahead pre-simulation (COS's rho) read from the sweep of the
-    shortest run it allows, as the suite and the official code report it."""
-    if T >= snn.lookahead:
-        return predictions(lambda b: snn(b, timesteps=T), x, bs)
-    return torch.cat([snn.sweep(x[i:i + bs], snn.lookahead)[T - 1].argmax(1) for i in range(0, len(x), bs)])
+    """Predictions after T counted steps (below a look-ahead such as COS's rho, the first T of a rho-step run)."""
+    return predictions(lambda b: snn(b, timesteps=T), x, bs)
 
 
 @torch.no_grad()
@@ -122,6 +120,19 @@ def scores(pred: torch.Tensor, labels: torch.Tensor, ann: torch.Tensor) -> dict[
             "agreement": float((pred == ann).float().mean()) * 100}
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``new`` plus the rows of ``old`` it does not measure again (``--merge``); refused across checkpoints/images."""
+    same = ("network", "checkpoint", "group", "val_images", "calib_images")
+    differ = [k for k in same if old.get(k) != new[k]]
+    if differ:
+        raise SystemExit(f"error: --merge: the existing file differs in {', '.join(differ)} "
+                         f"({', '.join(f'{old.get(k)} vs {new[k]}' for k in differ)}); write elsewhere with --out")
+    fresh = {(r["T"], r["label"]) for r in new["rows"]}
+    kept = [r for r in old["rows"] if (r["T"], r["label"]) not in fresh]
+    commands = old.get("commands", [old["command"]] if "command" in old else [])
+    return {**new, "rows": sorted(kept + new["rows"], key=lambda r: r["T"]), "commands": [*commands, new["command"]]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--network", default="vgg", choices=nets.NETWORKS)
@@ -133,12 +144,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bound", action="store_true", help="also score the ANN with activations rounded to T levels of "
                    "channel-wise robustnorm's thresholds (an ideal rate code, quantization its only error)")
-    p.add_argument("--only", default=None, help="comma-separated labels of the group to run (default: all)")
+    p.add_argument("--only", action="append", default=None, metavar="LABEL",
+                   help="a label of the group to run (repeat for more; labels hold commas; default: all)")
     p.add_argument("--out", default=None)
+    p.add_argument("--merge", action="store_true", help="keep the rows of an existing output file (same network "
+                   "checkpoint and images) for the (T, label) pairs this run does not measure")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.bound = args.bound or args.group == "bound"
     Ts = [int(t) for t in args.timesteps.split(",")]
+    unknown = [lbl for lbl in args.only or [] if lbl not in GROUPS[args.group]]
+    if unknown:
+        p.error(f"--only {unknown[0]!r} is not a label of group {args.group!r}; its labels: "
+                + "; ".join(GROUPS[args.group]))
     kind, root = cdata.resolve(None)
     train_set, _ = cdata.open_splits(kind, root)
     calib_set = cdata.seeded_subset(train_set, args.calib, 2)  # the suite's calibration draw (seed 0 + 2)
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     bound_snn = None  # channel-wise robustnorm's thresholds do not depend on T: converted once
     for T in Ts:
         for label, recipe in GROUPS[args.group].items():
-            if args.only and label not in args.only.split(","):
+            if args.only and label not in args.only:
                 continue
             t0 = time.perf_counter()
             snn = snnbridge.convert(model, recipe=recipe, calibration=calib, timesteps=T, backend="torch",
@@ -168,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             seconds = time.perf_counter() - t0
             pred = snn_predictions(snn, xv, T)
             row = {"T": T, "label": label, "recipe": recipe, **scores(pred, yv, ann),
-                   "convert_seconds": round(seconds, 1), "steps_run": snn.steps_for(max(T, snn.lookahead))}
+                   "convert_seconds": round(seconds, 1), "steps_run": snn.steps_for(T)}
             rows.append(row)
             print(f"T={T:<3d} {label:45s} acc {row['accuracy']:6.2f}  agree {row['agreement']:6.2f}  "
                   f"{seconds:6.1f} s  ({row['steps_run']} steps)", flush=True)
@@ -180,11 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
                    **scores(pred, yv, ann)}
             rows.append(row)
             print(f"T={T:<3d} {row['label']:45s} acc {row['accuracy']:6.2f}  agree {row['agreement']:6.2f}", flush=True)
+    command = "python benchmarks/option_sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"network": args.network, "checkpoint": f"{args.network}-{meta.get('hash')}.pt", "ann_accuracy": ann_acc,
               "val_images": len(yv), "calib_images": len(x_cal), "group": args.group, "rows": rows,
-              "command": "python benchmarks/option_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": nets.machine()}
+              "command": command, "machine": nets.machine()}
     out = Path(args.out or f"benchmarks/results/option_sweep-{args.network}-{args.group}.json")
+    if args.merge and out.exists():
+        result = merged(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

@@ -188,8 +188,7 @@ def evaluate(name, model, x_test, y_test, calib, args, timesteps) -> dict:
             snn = snnbridge.convert(model, recipe, example_input=cdata.normalize(x_test[:2]), timesteps=t_max,
                                     backend=args.backend, progress=False)
             curve = sweep_accuracy(snn, x_test, y_test, t_max, args.eval_batch_size)
-            look = snn.lookahead  # layer-scoped look-ahead: T < rho is the prefix of a rho-step run
-            steps = {t: snn.steps_for(max(t, look)) for t in timesteps}
+            steps = {t: snn.steps_for(t) for t in timesteps}  # T < rho: padded to rho (snn.padded_steps)
             add(label, recipe, {t: curve[t - 1] for t in timesteps}, steps, time.perf_counter() - t0,
                 [s.threshold for s in snn.specs.values()])
     else:

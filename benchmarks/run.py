@@ -169,9 +169,8 @@ def run_method(label: str, method: Method, model, calib, test, Ts, args, entry: 
         t0 = time.perf_counter()
         curve = common.sweep_curve(snn, test, t_max, args.eval_batch_size, progress=args.progress)
         res["eval_seconds"] = {"all": round(time.perf_counter() - t0, 2)}
-        look = snn.lookahead  # layer-scoped look-ahead: T < rho is the prefix of a rho-step run
         res.update(curve=curve, accuracy={str(t): curve[t - 1] for t in Ts},
-                   steps_run={str(t): snn.steps_for(max(t, look)) for t in Ts},
+                   steps_run={str(t): snn.steps_for(t) for t in Ts},  # T < rho: padded to rho (snn.padded_steps)
                    notes={"all": snn.report.get("notes", [])})
     else:
         for T in Ts:

@@ -290,6 +290,22 @@ def test_option_sweep_scores_on_training_images_the_calibration_never_saw_and_it
             snnbridge.build_recipe(recipe)  # every variant names real plugins and valid options
 
 
+def test_option_sweep_merge_keeps_rows_it_does_not_measure_again_and_refuses_another_checkpoint():
+    from benchmarks import option_sweep
+
+    base = {"network": "vgg", "checkpoint": "vgg-a.pt", "group": "ftbc", "val_images": 2000, "calib_images": 2048}
+    old = {**base, "rows": [{"T": 8, "label": "a, x", "accuracy": 1.0}, {"T": 32, "label": "b", "accuracy": 2.0}],
+           "command": "python benchmarks/option_sweep.py --only b"}
+    new = {**base, "rows": [{"T": 8, "label": "a, x", "accuracy": 3.0}, {"T": 4, "label": "b", "accuracy": 4.0}],
+           "command": "python benchmarks/option_sweep.py --only 'a, x'"}
+    got = option_sweep.merged(old, new)
+    assert [(r["T"], r["label"], r["accuracy"]) for r in got["rows"]] == [(4, "b", 4.0), (8, "a, x", 3.0),
+                                                                           (32, "b", 2.0)]
+    assert got["commands"] == [old["command"], new["command"]]
+    with pytest.raises(SystemExit, match="checkpoint"):
+        option_sweep.merged({**old, "checkpoint": "vgg-b.pt"}, new)
+
+
 def test_sj_progress_off_disables_spikingjelly_calibration_bars_and_restores_them():
     from spikingjelly.activation_based.ann2snn.recipes import local_threshold_balancing, rate_coding
 
