@@ -272,6 +272,7 @@ class _SiteCounter:
     """A recording (the runtime's protocol, :mod:`snnbridge.recording`) that counts spikes and neurons per step."""
 
     wants_v = False
+    sees_padding = True  # a run shorter than the look-ahead simulates more steps than it returns: they cost too
 
     def __init__(self, names: list[str], steps: int):
         self.spikes = {n: torch.zeros(steps, dtype=torch.float64) for n in names}
@@ -361,7 +362,8 @@ def energy(snn: SpikingModel, x: torch.Tensor, timesteps: int | None = None, *, 
             raise InputError(f"timesteps must be a positive whole number (e.g. 32), got {timesteps!r}.")
         T = snn.timesteps if timesteps is None else int(timesteps)
     warmup = snn.warmup
-    steps = warmup + T
+    padded = T if time_major else snn.padded_steps(T)  # T < a look-ahead simulates the look-ahead's length
+    steps = warmup + padded
     gm = snn.graph_module
     kinds, phases = _value_kinds(gm), _phases(gm)
     tail_once = snn.forward_on_means and snn.plan.tail_is_affine and not time_major
@@ -501,6 +503,9 @@ def energy(snn: SpikingModel, x: torch.Tensor, timesteps: int | None = None, *, 
         notes.append("the layers before the first neurons ran once on the static input")
     if warmup:
         notes.append(f"{warmup} uncounted warm-up step(s) are simulated and counted here")
+    if padded > T:
+        notes.append(f"T = {T} is shorter than the sites' {padded}-step look-ahead: {padded} steps are simulated "
+                     f"(the first {T} returned; snn.padded_steps) and counted here")
     return {"timesteps": T, "warmup": warmup, "steps_run": snn.steps_for(T), "batch": batch,
             "backend": snn.backend_name, "costs": cost, "total": total, "layers": layers, "uncounted": uncounted,
             "notes": notes}

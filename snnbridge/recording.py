@@ -20,7 +20,9 @@ What can be kept (``keep``):
   keeping the sequence).
 
 Sequences cover every simulated step of the network run (an uncounted network warm-up
-first); a layer-scoped look-ahead pre-simulation of a site is not part of them. The
+first); a layer-scoped look-ahead pre-simulation of a site is not part of them, nor are the
+steps a run shorter than that look-ahead simulates past its T (``snn.padded_steps``; a
+recording whose ``sees_padding`` is True, such as the energy counter, gets those too). The
 recording is detached from the model when the block ends, so a model can be saved or copied
 afterwards.
 

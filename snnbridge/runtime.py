@@ -219,8 +219,9 @@ class SpikingSite(nn.Module):
         if self.mask is not None and not in_presim:
             out = out * self.mask
         stop = getattr(self._state, "stop", None)
-        if stop is None or start < stop:  # steps past the returned ones are not recorded
-            for rec in recordings:
+        past = stop is not None and start >= stop  # past the returned steps: only recordings that ask see them
+        for rec in recordings:
+            if not past or getattr(rec, "sees_padding", False):
                 rec.capture(self, drive, result, out, counted=not in_presim, v_start=v_start)
         return out
 

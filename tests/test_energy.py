@@ -285,6 +285,20 @@ def test_warmup_steps_are_counted():
     assert any("warm-up" in n for n in r["notes"])
 
 
+def test_a_run_shorter_than_the_lookahead_counts_the_padded_steps():
+    """T = 2 under a 4-step look-ahead simulates 4 counted steps (the first 2 returned): all of them cost."""
+    from helpers.qcfs_family import qcfs_mlp
+
+    net = qcfs_mlp(widths=(6, 12, 10, 4), lams=(2.0, 0.5), levels=4, seed=1)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(2))
+    snn = snnbridge.convert(net, ["qcfs", {"cos": {"rho": 4}}], example_input=x[:1], timesteps=4, progress=False)
+    short, full = (snnbridge.energy(snn, x, timesteps=t, per_step=True) for t in (2, 4))
+    assert short["steps_run"] == full["steps_run"] == 8 and short["timesteps"] == 2
+    assert short["total"]["synops"] == full["total"]["synops"] > 0
+    assert short["total"]["neuron_updates"] == full["total"]["neuron_updates"] == (12 + 10) * (4 + 4)
+    assert any("look-ahead" in n for n in short["notes"]) and not any("look-ahead" in n for n in full["notes"])
+
+
 def test_step_bias_adds():
     snn = _convert(_two_site_mlp(), RAMP)
     name = list(snn.sites)[1]
