@@ -10,6 +10,15 @@ from helpers import zoo
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test's default cache (``$XDG_CACHE_HOME``) is a temporary folder: a fake archive extracted by a test
+    must never replace the real CIFAR-10 in the user's ``~/.cache/snnbridge`` (a benchmark reading it would see it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def small_resnet():
     return zoo.small_resnet()

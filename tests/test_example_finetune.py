@@ -32,11 +32,14 @@ def _args(archive, tmp_path, *extra):
             "--epochs", "1", "--no-progress", *extra]
 
 
-def test_both_framework_loops_fine_tune_and_report(archive, tmp_path):
+def test_both_framework_loops_fine_tune_and_report(archive, tmp_path, tmp_path_factory):
     # an untrained ANN instead of the cifar10 example's full training run
     model = crun.load_factory(crun.DEFAULT_MODEL)(num_classes=10)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "ann.pt")
     results = ft.main(_args(archive, tmp_path))
+    # the fake archive went to the tests' private cache (conftest), not the user's ~/.cache/snnbridge
+    cache = crun.cdata.default_cache_dir()
+    assert cache.is_relative_to(tmp_path_factory.getbasetemp()) and (cache / crun.cdata.MARKER).is_file()
     assert [r["framework"] for r in results["runs"]] == ["spikingjelly", "snntorch"]
     for run in results["runs"]:
         assert 0.0 <= run["before"] <= 1.0 and 0.0 <= run["after"] <= 1.0
