@@ -83,14 +83,14 @@ def _calibrate_site(snn, ctx, site, seq: torch.Tensor, ann: torch.Tensor, alpha:
     """
     spec = site.spec
     drive = spec.biased(seq, 0)  # the spec's per-step biases (the current table) included
-    T, C = drive.shape[0], drive.shape[2]
-    table = spec.step_table(T, C)
+    n, C = drive.shape[0], drive.shape[2]
+    table = spec.step_table(n, C)
     v = site.initial_state(drive[0])
     shape = (1, 1, C) + (1,) * (drive.dim() - 3)
     th = spec.threshold_tensor(drive, 2)
     count = ann.numel() // C  # values per channel: the means are over the union of the ranks' batches
     target = ctx.all_mean(channels.mean(ann), count)
-    for t in range(T):
+    for t in range(n):
         step = drive[t:t + 1]
         rate = channels.mean(site.neuron.simulate(step, v).weighted(th)[0])
         e = ctx.all_mean(rate, count) - target  # bias_step_error, the ANN mean once

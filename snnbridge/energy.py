@@ -362,7 +362,7 @@ def energy(snn: SpikingModel, x: torch.Tensor, timesteps: int | None = None, *, 
             raise InputError(f"timesteps must be a positive whole number (e.g. 32), got {timesteps!r}.")
         T = snn.timesteps if timesteps is None else int(timesteps)
     warmup = snn.warmup
-    padded = T if time_major else snn.padded_steps(T)  # T < a look-ahead simulates the look-ahead's length
+    padded = snn.padded_steps(T)  # T < a look-ahead simulates the look-ahead's length (a sequence: refused)
     steps = warmup + padded
     gm = snn.graph_module
     kinds, phases = _value_kinds(gm), _phases(gm)

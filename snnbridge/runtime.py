@@ -161,7 +161,7 @@ class SpikingSite(nn.Module):
         if t0 == 0:
             self._look_ahead(x_seq)
         # pieces end at the warm-up's end and where the returned steps stop (the rest only feeds look-aheads)
-        n, stop = x_seq.shape[0], getattr(self._state, "stop", None)
+        n, stop = x_seq.shape[0], self._state.stop
         cuts = sorted({b - t0 for b in (W, stop) if b is not None and t0 < b < t0 + n})
         bounds = [0, *cuts, n]
         pieces = [self._run(x_seq[a:b], t0 + a) for a, b in zip(bounds, bounds[1:])]
@@ -218,7 +218,7 @@ class SpikingSite(nn.Module):
         out = result.weighted(self.spec.threshold_tensor(drive, 2))
         if self.mask is not None and not in_presim:
             out = out * self.mask
-        stop = getattr(self._state, "stop", None)
+        stop = self._state.stop
         past = stop is not None and start >= stop  # past the returned steps: only recordings that ask see them
         for rec in recordings:
             if not past or getattr(rec, "sees_padding", False):
