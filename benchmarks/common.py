@@ -118,11 +118,13 @@ def sj_progress(enabled: bool) -> Iterator[None]:
 
 
 def run_spikingjelly(model, calib: list[torch.Tensor], test, T: int, bs: int, labels: Iterable[str] = SJ_LABELS,
-                     log: Callable[[str], None] = print, progress: bool = True) -> dict[str, dict]:
+                     log: Callable[[str], None] = print, progress: bool = True,
+                     on_result: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """SpikingJelly 2.0's converters (``SJ_LABELS``) on ``model`` with the same calibration batches, each read out
     at every step 1..T from one multi-step run: ``{label: {"kind": "sweep", "curve", "conversion_seconds":
     {"all": s}, "eval_seconds"}}`` (the delayed-readout variant adds ``delay_start`` per T). ``progress=False``
-    silences SpikingJelly's own calibration bars."""
+    silences SpikingJelly's own calibration bars. ``on_result(label, result)`` runs as each label finishes, so a
+    caller can save it before the next converter starts (a stopped run keeps the converters already done)."""
     from spikingjelly.activation_based import ann2snn, functional
 
     labels = list(labels)
@@ -146,6 +148,8 @@ def run_spikingjelly(model, calib: list[torch.Tensor], test, T: int, bs: int, la
         curve = window_curve(per_step, y, T)
         if label in labels:
             out[label] = {"kind": "sweep", "curve": curve, "conversion_seconds": {"all": conv}, "eval_seconds": ev}
+            if on_result is not None:
+                on_result(label, out[label])
             log(f"    {label}: " + "  ".join(f"T={t}: {100 * curve[t - 1]:.2f}%" for t in (1, 2, 4, 8, 16, 32, 64)
                                             if t <= T))
         if label == SJ_LTB and SJ_LTB_DELAY in labels:
@@ -157,4 +161,6 @@ def run_spikingjelly(model, calib: list[torch.Tensor], test, T: int, bs: int, la
             curve = window_curve(per_step, y, T, starts.__getitem__)
             out[SJ_LTB_DELAY] = {"kind": "sweep", "curve": curve, "eval_seconds": ev, "delay_start": starts,
                                  "conversion_seconds": {"all": round(conv + est / T, 2)}}
+            if on_result is not None:
+                on_result(SJ_LTB_DELAY, out[SJ_LTB_DELAY])
     return out

@@ -258,16 +258,20 @@ def evaluate_network(name: str, model, meta: dict, data: nets.Data, results: dic
     sj_todo = [lbl for lbl in sj if not done(net["methods"].get(lbl), Ts)]
     if sj_todo:
         bar.set_postfix_str("SpikingJelly")
+
+        def keep(lbl: str, res: dict) -> None:  # saved per converter: a stopped run keeps the ones done
+            res.update(accuracy={str(t): res["curve"][t - 1] for t in Ts}, steps_run={str(t): t for t in Ts},
+                       complete=True, recipe=lbl)
+            net["methods"][lbl] = res
+            save()
+
         try:
-            out = common.run_spikingjelly(model, calib, test, max(Ts), args.sj_batch_size, sj_todo, log=tqdm.write,
-                                            progress=args.progress)
-            for lbl, res in out.items():
-                res.update(accuracy={str(t): res["curve"][t - 1] for t in Ts}, steps_run={str(t): t for t in Ts},
-                           complete=True, recipe=lbl)
-                net["methods"][lbl] = res
+            common.run_spikingjelly(model, calib, test, max(Ts), args.sj_batch_size, sj_todo, log=tqdm.write,
+                                    progress=args.progress, on_result=keep)
         except Exception as exc:
             for lbl in sj_todo:
-                net["methods"][lbl] = {"recipe": lbl, "error": f"{type(exc).__name__}: {exc}"}
+                if not done(net["methods"].get(lbl), Ts):
+                    net["methods"][lbl] = {"recipe": lbl, "error": f"{type(exc).__name__}: {exc}"}
             tqdm.write(f"    SpikingJelly: FAILED {type(exc).__name__}: {exc}")
         save()
         bar.update()

@@ -222,6 +222,47 @@ def test_resume_redoes_only_missing_work(smoke, tmp_path, monkeypatch):
     assert len(after["commands"]) == 2 and after["commands"][1].endswith("--resume")
 
 
+def test_each_spikingjelly_converter_is_saved_as_it_finishes(smoke, tmp_path, monkeypatch):
+    """A SpikingJelly block stopped part-way keeps the converters already done (saved one by one, on disk before
+    the next starts) and marks only the unfinished ones as failed; a later --resume redoes only those."""
+    src, out = smoke
+    results = tmp_path / "results"
+    shutil.copytree(src / "results", results)
+    path = results / Path(out["paths"]["json"]).name
+    saved = json.loads(path.read_text())
+    for name in ("vgg", "resnet20"):
+        for label in ("SJ RateCoding 99.9%", "SJ LTB"):
+            del saved["networks"][name]["methods"][label]
+    path.write_text(json.dumps(saved))
+    on_disk = []
+
+    def first_then_fail(model, calib, test, T, bs, labels, log=print, progress=True, on_result=None):
+        labels = list(labels)
+        on_result(labels[0], {"kind": "sweep", "curve": [0.25] * T, "conversion_seconds": {"all": 1.0},
+                              "eval_seconds": 2.0})
+        on_disk.append(json.loads(path.read_text())["networks"])
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(common, "run_spikingjelly", first_then_fail)
+    suite.main(["--smoke", "--no-progress", "--out", str(results), "--checkpoints", str(src / "ckpt"), "--resume"])
+    assert [set(n["vgg"]["methods"]) & {"SJ RateCoding 99.9%", "SJ LTB"} for n in on_disk[:1]] == \
+        [{"SJ RateCoding 99.9%"}]
+    after = json.loads(path.read_text())["networks"]
+    for name in ("vgg", "resnet20"):
+        done, failed = after[name]["methods"]["SJ RateCoding 99.9%"], after[name]["methods"]["SJ LTB"]
+        assert done["complete"] and done["accuracy"] == {"1": 0.25, "2": 0.25, "4": 0.25}, name
+        assert failed["error"] == "RuntimeError: stopped", name
+    redone = []
+
+    def record(model, calib, test, T, bs, labels, log=print, progress=True, on_result=None):
+        redone.append(list(labels))
+        return {}
+
+    monkeypatch.setattr(common, "run_spikingjelly", record)
+    suite.main(["--smoke", "--no-progress", "--out", str(results), "--checkpoints", str(src / "ckpt"), "--resume"])
+    assert redone == [["SJ LTB"], ["SJ LTB"]]
+
+
 def test_a_row_measured_under_other_plugin_defaults_is_stale():
     """--resume keeps a row only if its recipe *with every default spelled out* is today's: a changed default
     (cos's rho went from 4 to auto) makes the stored row stale; rows from before options were stored stay."""
