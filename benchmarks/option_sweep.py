@@ -57,6 +57,7 @@ GROUPS: dict[str, dict[str, list]] = {
         "ltb (no delayed evaluation) + ftbc": [{"ltb": {"delayed_evaluation": False}}, "ftbc"],
     },
     "weights": {  # weight calibration (SNN Calibration's WC fits the weights to the quantized neuron), with FTBC
+        "snn_calibration light (bc, default)": ["snn_calibration"],
         "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],
         "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, {"snn_calibration": {**WC, "steps": ["wc"]}},
                                                       "ftbc"],
