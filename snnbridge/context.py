@@ -21,14 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
+from .batches import INPUT_KEYS, split_item
 from .corrections import calibrated_timesteps
 from .errors import CalibrationError
 from .graph import ConversionGraph, site_attr
 from .observers import Observer
 from .progress import bar as _bar
 from .sites import SiteInfo
-
-_INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
 
 #: ``fn(site_name, site_input, site_output) -> replacement output or None`` (see ConversionContext.hooks)
 SiteHook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -88,17 +87,12 @@ def _check_batch_size(batch_size: Any) -> None:
 
 def batch_input(batch: Any) -> torch.Tensor:
     """The input tensor of one calibration item: a tensor, ``(input, target)`` or a dict."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for k in _INPUT_KEYS:
-            if isinstance(batch.get(k), torch.Tensor):
-                return batch[k]
+    x = split_item(batch)[0]
+    if x is not None:
+        return x
     raise CalibrationError(
         f"a calibration item is a {type(batch).__name__}; snnbridge takes a DataLoader or iterable yielding tensors, "
-        f"(input, target) tuples, or dicts with one of the keys {', '.join(_INPUT_KEYS)}.")
+        f"(input, target) tuples, or dicts with one of the keys {', '.join(INPUT_KEYS)}.")
 
 
 #: without ``calibration_batches``, a calibration iterable without a length may yield at most this many

@@ -26,28 +26,10 @@ from typing import Any
 import torch
 
 from . import distributed
+from .batches import labelled_batches, total_samples
 from .corrections import check_runnable
 from .errors import InputError, SnnbridgeError
 from .progress import bar as progress_bar
-
-
-def _pairs(data: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    for i, item in enumerate(data):
-        if isinstance(item, dict):
-            item = (item.get("input", item.get("image")), item.get("label", item.get("target")))
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[0], torch.Tensor)
-                and isinstance(item[1], torch.Tensor)):
-            raise InputError(f"evaluation batch {i + 1} is a {type(item).__name__}; accuracy_curve takes a DataLoader "
-                             "or iterable of (images, labels) tensor pairs.")
-        yield item[0], item[1]
-
-
-def _total(data: Any) -> int | None:
-    dataset = getattr(data, "dataset", None)
-    try:
-        return len(dataset) if dataset is not None else None
-    except TypeError:
-        return None
 
 
 class _Shard:
@@ -93,11 +75,11 @@ class _Shard:
     @property
     def total(self) -> int | None:
         """This rank's real samples (for its progress bar)."""
-        return self.real if self.real is not None else _total(self.data)
+        return self.real if self.real is not None else total_samples(self.data)
 
     def pairs(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's ``(x, y)`` batches, the padding cut off (it is the tail of the rank's list)."""
-        for x, y in _pairs(self.data):
+        for x, y in labelled_batches(self.data, "evaluation"):
             if self.real is not None:
                 keep = self.real - self.seen
                 if keep <= 0:

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batches import is_labelled_pair, is_labels, split_item
 from .diagnose import SiteProbe
 from .errors import InputError, SnnbridgeError
 from .evaluate import accuracy_curve, default_timesteps
@@ -52,8 +53,6 @@ from .runtime import SpikingModel
 
 FORMAT = "snnbridge-report"
 FORMAT_VERSION = 1
-_INPUT_KEYS = ("input", "inputs", "image", "images", "x")
-_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 DEFINITIONS = (
     ("threshold", "the site's firing threshold theta: one value, or min / median / max over its channels."),
@@ -80,24 +79,12 @@ DEFINITIONS = (
 # =============================================================================================
 
 
-def _is_labels(y: Any, x: torch.Tensor) -> bool:
-    return (isinstance(y, torch.Tensor) and y.dim() == 1 and not torch.is_floating_point(y)
-            and y.shape[0] == x.shape[0])
-
-
 def _item(item: Any, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(item, torch.Tensor):
-        return item, None
-    if isinstance(item, Mapping):
-        x = next((item[k] for k in _INPUT_KEYS if k in item), None)
-        y = next((item[k] for k in _LABEL_KEYS if k in item), None)
-        if isinstance(x, torch.Tensor):
-            return x, y if isinstance(y, torch.Tensor) else None
-    elif isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
-        y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
-        return item[0], y
-    raise InputError(f"report data item {i + 1} is a {type(item).__name__}; give a DataLoader or iterable of "
-                     "(images, labels) batches (or of input tensors, for a report without accuracy).")
+    x, y = split_item(item)
+    if x is None:
+        raise InputError(f"report data item {i + 1} is a {type(item).__name__}; give a DataLoader or iterable of "
+                         "(images, labels) batches (or of input tensors, for a report without accuracy).")
+    return x, y
 
 
 def _batches(data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -105,8 +92,7 @@ def _batches(data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, torch.Tensor):
         yield data, None
         return
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor) and _is_labels(data[1],
-                                                                                                       data[0]):
+    if is_labelled_pair(data):
         yield data[0], data[1]
         return
     try:
@@ -161,7 +147,7 @@ def _observe(batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], probe:
         elif run.labelled != labelled:
             raise InputError(f"report batch {run.batches + 1} {'has' if labelled else 'lacks'} labels and the first "
                              f"{'lacks' if labelled else 'has'} them; give labels with every batch or with none.")
-        if y is not None and not _is_labels(y, x):
+        if y is not None and not is_labels(y, x):
             raise InputError(f"report batch {run.batches + 1}: labels must be a 1-D integer tensor with one class "
                              f"index per image, got {y.dtype} of shape {list(y.shape)}.")
         x = x.to(probe.device)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batches import labelled_batches, total_samples
 from .errors import InputError
 from .progress import bar as progress_bar
 
@@ -304,31 +305,6 @@ def uniform_noise(x: torch.Tensor, eps: float, *, clamp: tuple[float, float] | N
 # -- evaluation ------------------------------------------------------------------------------------------------
 
 
-def _batches(data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) pairs of a DataLoader / iterable, or the single pair ``data``."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
-        yield data[0], data[1]
-        return
-    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
-        raise InputError(f"data must be a DataLoader or iterable of (images, labels) batches, or one (images, labels) "
-                         f"pair; got a {type(data).__name__}.")
-    for i, item in enumerate(data):
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[0], torch.Tensor)
-                and isinstance(item[1], torch.Tensor)):
-            raise InputError(f"batch {i + 1} of data is a {type(item).__name__}, not an (images, labels) pair of "
-                             "tensors; robustness.evaluate takes a DataLoader of (x, y) batches or one (x, y) pair.")
-        yield item[0], item[1]
-
-
-def _total(data: Any) -> int | None:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
-        return int(data[0].shape[0]) if data[0].dim() else None
-    try:
-        return len(data.dataset)  # a DataLoader
-    except (AttributeError, TypeError):
-        return None
-
-
 def _surrogate_list(surrogates: Any, model: nn.Module) -> list[tuple[str, Any]]:
     if surrogates is None:
         return []
@@ -574,10 +550,10 @@ def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float] = (2 /
         with torch.no_grad():
             return _check_scores(m(inputs), y).argmax(-1) == y
 
-    bar = progress_bar(desc="robustness", enabled=progress, total=_total(data), unit="img")
+    bar = progress_bar(desc="robustness", enabled=progress, total=total_samples(data), unit="img")
     try:
         with _surrogate_model(model, switching) as target, _eval_mode(target):
-            for x, y in _batches(data):
+            for x, y in labelled_batches(data, "robustness"):
                 x = _check_x(x.to(device), clamp)
                 y = _check_y(y.to(device), x, indices=True)
                 clean_ok = predict(target, x, y)

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
+from .batches import is_labels, split_item
 from .context import DEFAULT_BATCH_SIZE, _is_pair, _keep, batch_input, calibration_batches
 from .convert import check_timesteps, convert
 from .distributed import model_checksum
@@ -63,7 +64,6 @@ from .recipe import Recipe, _entries, build_recipe
 SCORES = ("auto", "accuracy", "agreement")
 #: errors about the model, the data or the backend: every candidate would fail the same way, so tune stops
 _FATAL = (CalibrationError, UnsupportedModelError, BackendError)
-_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 # -- candidates --------------------------------------------------------------------------------------
@@ -174,15 +174,8 @@ def _build_given(recipes: list[Any], registry: Registry, what: str) -> list[Reci
 
 def _labels(item: Any, x: torch.Tensor) -> torch.Tensor | None:
     """Class labels of one batch item, if it carries them (``(x, y)`` or a dict with a label key)."""
-    y = None
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        y = item[1]
-    elif isinstance(item, Mapping):
-        y = next((item[k] for k in _LABEL_KEYS if isinstance(item.get(k), torch.Tensor)), None)
-    if (isinstance(y, torch.Tensor) and not torch.is_floating_point(y) and y.dim() == 1
-            and y.shape[0] == x.shape[0]):
-        return y
-    return None
+    y = split_item(item)[1]
+    return y if y is not None and is_labels(y, x) else None
 
 
 def _split_batches(calibration: Any, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

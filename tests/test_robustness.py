@@ -445,8 +445,9 @@ class _Sum(nn.Module):
     (lambda m, x, y: fgsm(_Sum(), x, y, 0.1), r"returns \[200\]; attacks and accuracy need class scores"),
     (lambda m, x, y: fgsm(lambda t: m(t), x, y, 0.1), "model must be an nn.Module"),
     (lambda m, x, y: robustness.evaluate(m, x, progress=False), "got a Tensor"),
-    (lambda m, x, y: robustness.evaluate(m, [x, x, y], progress=False), "batch 1 of data is a Tensor"),
-    (lambda m, x, y: robustness.evaluate(m, [{"x": x, "y": y}], progress=False), "batch 1 of data is a dict"),
+    (lambda m, x, y: robustness.evaluate(m, [x, x, y], progress=False), r"robustness batch 1 is a Tensor, not an "
+                                                                       r"\(images, labels\) pair"),
+    (lambda m, x, y: robustness.evaluate(m, [{"pixels": x, "y": y}], progress=False), "robustness batch 1 is a dict"),
     (lambda m, x, y: robustness.evaluate(m, [], progress=False), "no samples"),
     (lambda m, x, y: robustness.evaluate(m, (x, y), attacks=("cw",), progress=False), "unknown attack.*'cw'"),
     (lambda m, x, y: robustness.evaluate(m, (x, y), eps=(), progress=False), "eps is empty"),
