@@ -27,10 +27,17 @@ def is_labels(y: Any, x: torch.Tensor) -> bool:
             and y.shape[0] == x.shape[0])
 
 
-def is_labelled_pair(data: Any) -> bool:
-    """Whether ``data`` is one ``(inputs, labels)`` pair given whole rather than an iterable of batches."""
-    return (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-            and data[0].dim() >= 1 and is_labels(data[1], data[0]))
+def is_whole_pair(data: Any) -> bool:
+    """Whether ``data`` is one ``(inputs [N, ...], targets [N, ...])`` pair given whole, not two batches.
+
+    One entry per sample and per-sample shapes that differ (two input batches share theirs). The
+    targets are not checked here: whoever reads them names what is wrong with them (float or one-hot
+    labels get that error, not a puzzling "batch 1 is a Tensor").
+    """
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        return False
+    x, y = data
+    return x.dim() >= 2 and y.dim() >= 1 and x.shape[0] == y.shape[0] and x.shape[1:] != y.shape[1:]
 
 
 def split_item(item: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -53,7 +60,7 @@ def labelled_batches(data: Any, what: str) -> Iterator[tuple[torch.Tensor, torch
     ``what`` names the caller in errors (e.g. ``"evaluation"``): an item without inputs and labels is
     refused with its position, since a silently skipped batch would change the accuracy.
     """
-    if is_labelled_pair(data):
+    if is_whole_pair(data):
         yield data[0], data[1]
         return
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
@@ -70,7 +77,7 @@ def labelled_batches(data: Any, what: str) -> Iterator[tuple[torch.Tensor, torch
 
 def total_samples(data: Any) -> int | None:
     """How many samples ``data`` holds, when it says so (a whole pair, or a DataLoader's dataset); else None."""
-    if is_labelled_pair(data):
+    if is_whole_pair(data):
         return int(data[0].shape[0])
     dataset = getattr(data, "dataset", None)
     try:

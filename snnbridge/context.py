@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .batches import INPUT_KEYS, split_item
+from .batches import INPUT_KEYS, is_whole_pair, split_item
 from .corrections import calibrated_timesteps
 from .errors import CalibrationError
 from .graph import ConversionGraph, site_attr
@@ -34,11 +34,8 @@ SiteHook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 def _is_pair(data: Any) -> bool:
-    """``(inputs, targets)`` given as a tuple of two tensors with one entry per sample (a TensorDataset's tensors)."""
-    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
-        return False
-    x, y = data
-    return x.dim() >= 2 and y.dim() >= 1 and x.shape[0] == y.shape[0] and x.shape[1:] != y.shape[1:]
+    """``(inputs, targets)`` given as a *tuple* (a TensorDataset's tensors): calibration reads a list as batches."""
+    return isinstance(data, tuple) and is_whole_pair(data)
 
 
 #: batch size for calibration data given as samples (see :func:`calibration_batches`)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import is_labelled_pair, is_labels, split_item
+from .batches import is_labels, is_whole_pair, split_item
 from .diagnose import SiteProbe
 from .errors import InputError, SnnbridgeError
 from .evaluate import accuracy_curve, default_timesteps
@@ -92,7 +92,7 @@ def _batches(data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, torch.Tensor):
         yield data, None
         return
-    if is_labelled_pair(data):
+    if is_whole_pair(data):
         yield data[0], data[1]
         return
     try:

@@ -10,7 +10,7 @@ import snnbridge
 from helpers import zoo
 from helpers.plugins import fixed_threshold
 from snnbridge import InputError, robustness
-from snnbridge.batches import is_labelled_pair, labelled_batches, split_item, total_samples
+from snnbridge.batches import is_whole_pair, labelled_batches, split_item, total_samples
 
 
 def _data(n: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +31,11 @@ def test_split_item_reads_each_shape():
 
 def test_a_whole_pair_is_told_from_a_list_of_batches():
     x, y = _data(6)
-    assert is_labelled_pair((x, y)) and is_labelled_pair([x, y])
-    assert not is_labelled_pair([(x, y), (x, y)])
-    assert not is_labelled_pair((x, y.float()))  # float "labels": not class indices
-    assert not is_labelled_pair((x, y[:5]))  # one label per image
+    assert is_whole_pair((x, y)) and is_whole_pair([x, y])
+    assert not is_whole_pair([(x, y), (x, y)])
+    assert not is_whole_pair([x, x])  # two input batches: their per-sample shapes agree
+    assert not is_whole_pair((x, y[:5]))  # one target per image
+    assert is_whole_pair((x, y.float()))  # targets are checked by their reader, which names the fix (below)
     assert total_samples((x, y)) == 6
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
     assert total_samples(loader) == 6 and total_samples(iter([(x, y)])) is None
@@ -82,6 +83,15 @@ def test_robustness_takes_dict_batches_like_tuples(snn_and_ann):
                                    **kw)
     assert as_dicts.samples == as_tuples.samples == 24
     assert as_dicts.clean_accuracy == as_tuples.clean_accuracy and as_dicts.accuracy == as_tuples.accuracy
+
+
+def test_a_whole_pair_with_float_labels_gets_the_readers_error(snn_and_ann):
+    _, ann = snn_and_ann
+    x, y = _data()
+    with pytest.raises(InputError, match=r"class indices .*float32.*y\.argmax\(1\)"):
+        robustness.evaluate(ann, (x, y.float()), progress=False)
+    with pytest.raises(InputError, match="labels must be a 1-D integer tensor"):
+        snnbridge.report(ann, snn_and_ann[0], (x, y.float()), timesteps=2)
 
 
 def test_calibration_reads_dict_batches_like_tuples(snn_and_ann):
