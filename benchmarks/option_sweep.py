@@ -59,6 +59,13 @@ GROUPS: dict[str, dict[str, list]] = {
     "weights": {  # weight calibration (SNN Calibration's WC fits the weights to the quantized neuron), with FTBC
         "snn_calibration light (bc, default)": ["snn_calibration"],
         "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],
+        # WC and the threshold search model a floor quantizer (official code) while the shifted neuron rounds: the
+        # two differ by theta/(2T), nothing at T = 32, half a threshold at T = 1
+        "snn_calibration light, round quantizer": [{"snn_calibration": {"search_quantizer": "round"}}],
+        "snn_calibration advanced, round quantizer": [{"snn_calibration": {**ADVANCED["snn_calibration"],
+                                                                           "search_quantizer": "round"}}],
+        "snn_calibration wc only": [{"snn_calibration": {**WC, "steps": ["wc"]}}],
+        "snn_calibration pc only": [{"snn_calibration": {"steps": ["pc"]}}],
         "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, {"snn_calibration": {**WC, "steps": ["wc"]}},
                                                       "ftbc"],
         "ltb + snn_calibration wc + ftbc": ["ltb", {"snn_calibration": {**WC, "steps": ["wc"]}}, "ftbc"],
