@@ -37,6 +37,7 @@ from examples.cifar10 import data as cdata  # noqa: E402
 RCW = ROBUST_CW["robustnorm"]  #: the suite's channel-wise robustnorm options
 #: the suite's cheaper weight calibration options (its ADVANCED without the preset)
 WC = {k: v for k, v in ADVANCED["snn_calibration"].items() if k != "preset"}
+WC_ONLY = {"snn_calibration": {**WC, "steps": ["wc"]}}  #: that weight calibration alone, no BC or PC
 #: named groups of variants: label -> recipe
 GROUPS: dict[str, dict[str, list]] = {
     "ftbc": {  # FTBC's budget (batches x iterations) after the two best threshold sources
@@ -60,15 +61,14 @@ GROUPS: dict[str, dict[str, list]] = {
         "snn_calibration light (bc, default)": ["snn_calibration"],
         "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],
         # WC and the threshold search model a floor quantizer (official code) while the shifted neuron rounds: the
-        # two differ by theta/(2T), nothing at T = 32, half a threshold at T = 1
+        # two differ by theta/(2T), half a threshold at T = 1, theta/64 at T = 32
         "snn_calibration light, round quantizer": [{"snn_calibration": {"search_quantizer": "round"}}],
         "snn_calibration advanced, round quantizer": [{"snn_calibration": {**ADVANCED["snn_calibration"],
                                                                            "search_quantizer": "round"}}],
-        "snn_calibration wc only": [{"snn_calibration": {**WC, "steps": ["wc"]}}],
+        "snn_calibration wc only": [WC_ONLY],
         "snn_calibration pc only": [{"snn_calibration": {"steps": ["pc"]}}],
-        "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, {"snn_calibration": {**WC, "steps": ["wc"]}},
-                                                      "ftbc"],
-        "ltb + snn_calibration wc + ftbc": ["ltb", {"snn_calibration": {**WC, "steps": ["wc"]}}, "ftbc"],
+        "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, WC_ONLY, "ftbc"],
+        "ltb + snn_calibration wc + ftbc": ["ltb", WC_ONLY, "ftbc"],
     },
     "qcfs-presim": {  # COS's rho and SRP's tau, the pre-simulation steps (QCFS networks)
         **{f"qcfs + cos (rho {r})": ["qcfs", {"cos": {"rho": r}}] for r in (2, 4, 8)},
