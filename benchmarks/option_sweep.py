@@ -38,6 +38,9 @@ RCW = ROBUST_CW["robustnorm"]  #: the suite's channel-wise robustnorm options
 #: the suite's cheaper weight calibration options (its ADVANCED without the preset)
 WC = {k: v for k, v in ADVANCED["snn_calibration"].items() if k != "preset"}
 WC_ONLY = {"snn_calibration": {**WC, "steps": ["wc"]}}  #: that weight calibration alone, no BC or PC
+#: the suite's advanced calibration with the official code's floor model in both the search and WC
+OFFICIAL_ADVANCED = {"snn_calibration": {**ADVANCED["snn_calibration"], "search_quantizer": "floor",
+                                         "wc_quantizer": "floor"}}
 #: named groups of variants: label -> recipe
 GROUPS: dict[str, dict[str, list]] = {
     "ftbc": {  # FTBC's budget (batches x iterations) after the two best threshold sources
@@ -59,12 +62,14 @@ GROUPS: dict[str, dict[str, list]] = {
     },
     "weights": {  # weight calibration (SNN Calibration's WC fits the weights to the quantized neuron), with FTBC
         "snn_calibration light (bc, default)": ["snn_calibration"],
-        "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],
-        # WC and the threshold search model a floor quantizer (official code) while the shifted neuron rounds: the
-        # two differ by theta/(2T), half a threshold at T = 1, theta/64 at T = 32
+        "snn_calibration advanced (wc 512 x 2000)": [ADVANCED],  # default quantizers: floor search, neuron WC
+        # the official search and WC model a floor quantizer while the shifted neuron rounds: the two differ by
+        # theta/(2T), half a threshold at T = 1, theta/64 at T = 32
+        "snn_calibration advanced, floor quantizers (official)": [OFFICIAL_ADVANCED],
         "snn_calibration light, round quantizer": [{"snn_calibration": {"search_quantizer": "round"}}],
-        "snn_calibration advanced, round quantizer": [{"snn_calibration": {**ADVANCED["snn_calibration"],
-                                                                           "search_quantizer": "round"}}],
+        "snn_calibration advanced, round quantizers": [{"snn_calibration": {**ADVANCED["snn_calibration"],
+                                                                            "search_quantizer": "round",
+                                                                            "wc_quantizer": "round"}}],
         "snn_calibration wc only": [WC_ONLY],
         "snn_calibration pc only": [{"snn_calibration": {"steps": ["pc"]}}],
         "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, WC_ONLY, "ftbc"],

@@ -192,6 +192,37 @@ def test_presets_keep_accuracy_at_T8_and_match_across_backends(trained, preset):
             torch.testing.assert_close(out, outs["torch"], rtol=0, atol=1e-5, msg=backend)
 
 
+def test_neuron_offset_is_the_start_potential_in_thresholds():
+    """Hand-worked: (v0 + sum of the first T per-step biases) / theta, per channel where either is."""
+    from snnbridge import NeuronSpec
+    from snnbridge.plugins.calibration import neuron_offset
+
+    like = torch.zeros(5, 2, 3, 3)
+    T = 4
+    assert neuron_offset(NeuronSpec(threshold=2.0), like, 2.0, T) == 0.0
+    assert neuron_offset(NeuronSpec(threshold=2.0, step_bias=2.0 / (2 * T)), like, 2.0, T) == pytest.approx(0.5)
+    assert neuron_offset(NeuronSpec(threshold=2.0, v0=1.0), like, 2.0, T) == pytest.approx(0.5)
+    th = torch.tensor([1.0, 4.0])
+    table = torch.tensor([[0.1, 0.0], [0.1, 1.0], [0.1, 0.0], [0.1, 0.0], [9.0, 9.0]])  # row 5 is past T: unused
+    got = neuron_offset(NeuronSpec(threshold=th, v0=torch.tensor([0.2, 2.0]), step_bias=table), like,
+                        th.view(1, 2, 1, 1), T)
+    torch.testing.assert_close(got.expand(1, 2, 3, 3)[0, :, 0, 0], torch.tensor([(0.2 + 0.4) / 1.0, (2.0 + 1.0) / 4.0]))
+
+
+@pytest.mark.parametrize("shift,same_as", [("auto", "round"), ("off", "floor")])
+def test_wc_neuron_quantizer_models_the_neuron_the_site_has(trained, shift, same_as):
+    """The default wc_quantizer (neuron) fits the same weights as round under the +theta/(2T) shift and as floor
+    without it, and the two explicit models differ (so the comparison can fail)."""
+    net, data = trained
+    opts = {"steps": ["wc"], "wc_samples": 64, "wc_iters": 30, "wc_lr": 1e-2, "shift": shift}
+    got = {q: {k: v for k, v in _convert(net, data, {**opts, "wc_quantizer": q}).graph_module.state_dict().items()
+               if k.endswith("weight")} for q in ("neuron", "round", "floor")}
+    other = "floor" if same_as == "round" else "round"
+    for k, w in got["neuron"].items():
+        torch.testing.assert_close(w, got[same_as][k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(w, got[other][k]) for k, w in got["neuron"].items())
+
+
 # -- T is specific ----------------------------------------------------------------------------------------------
 
 
@@ -282,7 +313,7 @@ def _wc_reference_loss(z, a, th, T, offset):
 
 
 @pytest.mark.parametrize("shape,per_channel,offset", [((6, 4, 5, 5), True, 0.5), ((6, 4, 5, 5), False, 0.0),
-                                                      ((9, 3), True, 0.0)])
+                                                      ((9, 3), True, 0.0), ((6, 4, 5, 5), True, "tensor")])
 def test_wc_loss_and_gradient_equal_autograd_on_the_official_expression(shape, per_channel, offset):
     from snnbridge.plugins.calibration import _QuantizedSquaredError
 
@@ -290,7 +321,12 @@ def test_wc_loss_and_gradient_equal_autograd_on_the_official_expression(shape, p
     T = 8
     th = (torch.rand(shape[1], generator=g) + 0.5).reshape(1, -1, *[1] * (len(shape) - 2)) if per_channel else 1.25
     z = torch.randn(shape, generator=g) * 1.5
-    z.view(-1)[:4] = torch.tensor([0.0, -offset * (th if isinstance(th, float) else 1.0), 3.0, -1.0])  # clip edges
+    if offset == "tensor":  # a per-channel, per-position start offset (PC-like v0)
+        offset = torch.rand(1, *shape[1:], generator=g) * 0.9
+        edge = float(-offset.view(-1)[1]) * float(th.view(-1)[0])
+    else:
+        edge = -offset * (th if isinstance(th, float) else 1.0)
+    z.view(-1)[:4] = torch.tensor([0.0, edge, 3.0, -1.0])  # clip edges
     a = torch.rand(shape, generator=g)
     z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
     ref = _wc_reference_loss(z1, a, th, T, offset)
