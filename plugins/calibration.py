@@ -273,6 +273,15 @@ def _bc_pc(snn, ctx, options, T: int, do_bc: bool, do_pc: bool, notes: list) -> 
             snn.set_spec(name, snn.sites[name].spec.offset_v0(delta))
 
 
+def mean_step_bias(spec, like: torch.Tensor, T: int) -> torch.Tensor | float:
+    """The spec's per-step bias averaged over its first ``T`` steps, broadcastable to ``like`` (0.0 without one)."""
+    b = spec.step_bias
+    if b is None or isinstance(b, float):
+        return b or 0.0
+    mean_b = b[:T].float().mean(0)
+    return float(mean_b) if mean_b.dim() == 0 else channels.broadcast(mean_b, like, 1)
+
+
 def neuron_offset(spec, like: torch.Tensor, th, T: int) -> torch.Tensor | float:
     """The site's start offset in thresholds, ``(v0 + sum_{t<T} b_t) / theta``, broadcastable to ``like[:1]``.
 
@@ -280,14 +289,8 @@ def neuron_offset(spec, like: torch.Tensor, th, T: int) -> torch.Tensor | float:
     step fires ``clip(floor(z T / theta + offset), 0, T)`` times in T steps: the quantizer WC fits the weight
     to. 0.5 under this plugin's ``+theta/(2T)`` shift or a v0 of theta/2 (LTB), 0 for a bare neuron.
     """
-    start: torch.Tensor | float = spec.v0 if isinstance(spec.v0, float) else spec.v0_tensor(like[:1])
-    b = spec.step_bias
-    if b is not None:
-        total = T * b if isinstance(b, float) else b[:T].to(like.device, torch.float32).sum(0)
-        if isinstance(total, torch.Tensor):
-            total = float(total) if total.dim() == 0 else channels.broadcast(total, like[:1], 1)
-        start = start + total
-    return start / th
+    start = spec.v0 if isinstance(spec.v0, float) else spec.v0_tensor(like[:1])
+    return (start + T * mean_step_bias(spec, like[:1], T)) / th
 
 
 class _QuantizedSquaredError(torch.autograd.Function):
@@ -298,7 +301,7 @@ class _QuantizedSquaredError(torch.autograd.Function):
     full pass over the batch, were most of a WC iteration)."""
 
     @staticmethod
-    def forward(ctx, z, target, up, down, offset: float, T: int):  # type: ignore[override]
+    def forward(ctx, z, target, up, down, offset: float | torch.Tensor, T: int):  # type: ignore[override]
         u = z * up
         if isinstance(offset, torch.Tensor) or offset:
             u.add_(offset)
@@ -369,13 +372,7 @@ def _wc_site(snn, ctx, options, name: str, batches, T: int, notes: list, gen: to
         else:
             xs.append(seen[-1])
         drive = rec[name].drive_mean  # includes the per-step biases of the spec
-        b = spec.step_bias  # the raw current: remove the spec's per-step biases (time-averaged)
-        if isinstance(b, float):
-            drive = drive - b
-        elif b is not None:
-            mean_b = b[:T].float().mean(0)
-            drive = drive - (mean_b if mean_b.dim() == 0 else channels.broadcast(mean_b, drive, 1))
-        ds.append(drive)
+        ds.append(drive - mean_step_bias(spec, drive, T))  # the raw current
         As.append(ctx.site_activations(x)[name])
     # a distributed conversion: every rank fits on the union of the ranks' images (in rank order), so all
     # ranks take the same Adam steps and end with the same weight
