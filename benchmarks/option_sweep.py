@@ -38,6 +38,7 @@ RCW = ROBUST_CW["robustnorm"]  #: the suite's channel-wise robustnorm options
 #: the suite's cheaper weight calibration options (its ADVANCED without the preset)
 WC = {k: v for k, v in ADVANCED["snn_calibration"].items() if k != "preset"}
 WC_ONLY = {"snn_calibration": {**WC, "steps": ["wc"]}}  #: that weight calibration alone, no BC or PC
+WC_FLOOR = {"snn_calibration": {**WC_ONLY["snn_calibration"], "wc_quantizer": "floor"}}  #: ... fitted to a floor
 #: the suite's advanced calibration with the official code's floor model in both the search and WC
 OFFICIAL_ADVANCED = {"snn_calibration": {**ADVANCED["snn_calibration"], "search_quantizer": "floor",
                                          "wc_quantizer": "floor"}}
@@ -74,6 +75,9 @@ GROUPS: dict[str, dict[str, list]] = {
         "snn_calibration pc only": [{"snn_calibration": {"steps": ["pc"]}}],
         "robustnorm cw + snn_calibration wc + ftbc": [{"robustnorm": RCW}, WC_ONLY, "ftbc"],
         "ltb + snn_calibration wc + ftbc": ["ltb", WC_ONLY, "ftbc"],
+        # the two stacks above as first measured, before WC modelled its neuron (floor, as the official code)
+        "robustnorm cw + snn_calibration wc (floor) + ftbc": [{"robustnorm": RCW}, WC_FLOOR, "ftbc"],
+        "ltb + snn_calibration wc (floor) + ftbc": ["ltb", WC_FLOOR, "ftbc"],
     },
     "qcfs-presim": {  # COS's rho and SRP's tau, the pre-simulation steps (QCFS networks)
         **{f"qcfs + cos (rho {r})": ["qcfs", {"cos": {"rho": r}}] for r in (2, 4, 8)},
