@@ -66,6 +66,8 @@ ROBUST_CW = {"robustnorm": {"percentile": 99.9, "channelwise": True}}
 #: snn_calibration's advanced preset with the data_driven benchmark's cheaper weight calibration (the defaults,
 #: 5,000 Adam iterations per site on 1,024 images, cost about 2.5x more per T)
 ADVANCED = {"snn_calibration": {"preset": "advanced", "wc_samples": 512, "wc_iters": 2000}}
+#: that weight calibration alone (no BC/PC), for stacking under a threshold source and FTBC
+WC_ONLY = {"snn_calibration": {"steps": ["wc"], "wc_samples": 512, "wc_iters": 2000}}
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ RELU_METHODS: dict[str, Method] = {
     "robustnorm+ftbc": Method([ROBUST, "ftbc"]),
     "ltb+ftbc": Method(["ltb", "ftbc"], per_t=True, why=LTB_AUTO),
     "ltb+snn_calibration": Method(["ltb", "snn_calibration"], per_t=True, why=LTB_AUTO),
+    # the best T = 8 stack on held-out ResNet-20 images (benchmarks/option_sweep.py --group weights)
+    "ltb+snn_calibration wc+ftbc": Method(["ltb", WC_ONLY, "ftbc"], per_t=True, why=LTB_AUTO),
 }
 QCFS_METHODS: dict[str, Method] = {
     "qcfs": Method(["qcfs"]),
