@@ -391,3 +391,22 @@ def test_readme_block_copies_each_network_table_targets_and_plot_link(tmp_path):
     assert "| ANN | 86.00 |" in out and "| qcfs | 50.00 |" in out and "- recipes" not in out
     assert out.index("- met: target a") < out.index("**vgg-qcfs4**") < out.index("- NOT met: target b")
     assert f"({md.with_suffix('').as_posix()}-vgg-qcfs4.png)" in out
+
+
+def test_markdown_rows_follow_the_suite_table_whatever_order_a_resumed_file_holds():
+    from benchmarks import common
+
+    def row(acc):
+        return {"recipe": ["x"], "accuracy": {"1": acc}, "conversion_seconds": {"all": 1.0}}
+
+    # insertion order as a resumed file may hold it: an SJ converter, a later suite row, an unknown label, ...
+    methods = {common.SJ_LABELS[-1]: row(0.2), "ltb": row(0.5), "custom": row(0.1), common.SJ_LABELS[0]: row(0.3),
+               "maxnorm": row(0.4)}
+    results = {"date": "2026-01-01", "machine": {"slug": "box"},
+               "config": {"timesteps": [1], "test_samples": 10, "calib_samples": 4, "calib_batch": 2,
+                          "backend": "torch"},
+               "networks": {"vgg": {"training": {}, "ann_accuracy": 0.6, "methods": methods, "targets": []}}}
+    rows = [line.split(" | ")[0][2:] for line in suite.markdown(results).splitlines()
+            if line.startswith("| ") and not line.startswith(("| method", "| ANN"))]
+    assert rows == ["maxnorm", "ltb", "custom", common.SJ_LABELS[0], common.SJ_LABELS[-1]]
+    assert "| ltb | **50.00** |" in suite.markdown(results)  # the best SNN still in bold

@@ -98,6 +98,12 @@ def test_relu_candidates_are_training_free_and_valid():
     light = lists.index(snnbridge.build_recipe([{"snn_calibration": {"preset": "light"}}]).to_list())
     advanced = lists.index(snnbridge.build_recipe([{"snn_calibration": {"preset": "advanced"}}]).to_list())
     assert light < advanced
+    # and WC alone at the suite's budget, after advanced, stacked on ltb + ftbc among others
+    wc_only = {"steps": ["wc"], "wc_samples": 512, "wc_iters": 2000}
+    wc = lists.index(snnbridge.build_recipe([{"snn_calibration": wc_only}]).to_list())
+    assert advanced < wc
+    assert any({n for e in r for n in e} == {"ltb", "snn_calibration", "ftbc"}
+               and next(e for e in r if "snn_calibration" in e)["snn_calibration"]["steps"] == ["wc"] for r in lists)
     def first(n):  # the complete options of plugin n's first tune variant
         variants = registry.call(n, "snnbridge_tune_variants", default=None) or [{}]
         return resolve_options(n, registry.options(n), variants[0])
