@@ -337,13 +337,17 @@ def _recipe_text(recipe) -> str:
     return json.dumps(recipe, separators=(", ", ": ")).replace('"', "")
 
 
-def _row_order(label: str) -> tuple[int, int]:
-    """Table rows in the suite's order (RELU_METHODS / QCFS_METHODS, then any other label), SpikingJelly's last
-    in ``common.SJ_LABELS`` order, whatever order a resumed JSON file holds them in."""
+def _in_table_order(methods: dict) -> list[tuple[str, dict]]:
+    """A network's ``(label, result)`` pairs in the suite's order (RELU_METHODS / QCFS_METHODS, then any other
+    label, SpikingJelly's last in ``common.SJ_LABELS`` order), whatever order a resumed JSON file holds them in."""
     suite = [*RELU_METHODS, *QCFS_METHODS]
-    if label in common.SJ_LABELS:
-        return (2, common.SJ_LABELS.index(label))
-    return (0, suite.index(label)) if label in suite else (1, 0)
+
+    def rank(label: str) -> tuple[int, int]:
+        if label in common.SJ_LABELS:
+            return (2, common.SJ_LABELS.index(label))
+        return (0, suite.index(label)) if label in suite else (1, 0)
+
+    return sorted(methods.items(), key=lambda kv: rank(kv[0]))
 
 
 def markdown(results: dict) -> str:
@@ -368,7 +372,7 @@ def markdown(results: dict) -> str:
             vals = [r["accuracy"][str(t)] for r in net["methods"].values()
                     if "error" not in r and str(t) in r.get("accuracy", {})]
             best[t] = max(vals) if vals else None
-        for label, res in sorted(net["methods"].items(), key=lambda kv: _row_order(kv[0])):
+        for label, res in _in_table_order(net["methods"]):
             if "error" in res:
                 lines.append(f"| {label} | failed: {res['error'][:150]} |" + " |" * (len(Ts) - 1) + " - |")
                 continue
@@ -383,8 +387,7 @@ def markdown(results: dict) -> str:
             detail = (f"{tgt['best']}: ANN - SNN = {tgt['gap_pt']:+.2f} pt" if "gap_pt" in tgt else
                       "margin (pt) per T: " + ", ".join(f"T={t}: {v:+.2f}" for t, v in tgt["margin_pt"].items()))
             lines.append(f"- {'met' if tgt['met'] else 'NOT met'}: {tgt['target']} ({detail})")
-        recipes = [f"{lbl} = `{_recipe_text(r['recipe'])}`"
-                   for lbl, r in sorted(net["methods"].items(), key=lambda kv: _row_order(kv[0]))
+        recipes = [f"{lbl} = `{_recipe_text(r['recipe'])}`" for lbl, r in _in_table_order(net["methods"])
                    if not lbl.startswith("SJ ")]
         if recipes:
             lines.append("- recipes: " + "; ".join(recipes))
@@ -401,8 +404,7 @@ def plot(name: str, net: dict, Ts, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = {lbl: r for lbl, r in sorted(net["methods"].items(), key=lambda kv: _row_order(kv[0]))
-          if "error" not in r and r.get("accuracy")}
+    ok = {lbl: r for lbl, r in _in_table_order(net["methods"]) if "error" not in r and r.get("accuracy")}
     ann = 100 * net["ann_accuracy"]
     palette = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
